@@ -1,17 +1,34 @@
 """Instance-level embed / verify / restore: the library's public contract.
 
-(Contract first; bodies land with the engine.)
+An instance's samples are split into planes (frame x channel); each plane
+carries its own authenticated block (dicom_wm.payload) through the engine's
+±1 histogram shifting (dicom_wm.engine). The header gets a private block and
+a Contributing Equipment item (dicom_wm.header), removed again on restore.
 """
 
 from __future__ import annotations
 
+import copy
 import enum
+import hashlib
+import math
+import time
 import uuid
 from dataclasses import dataclass, field
 
+import numpy as np
 from pydicom.dataset import Dataset
 
+from dicom_wm.engine import get_predictor
+from dicom_wm.engine.histogram_shift import WalkOrder, carrier_mask, embed_walk, walk_order
+from dicom_wm.engine.plane_codec import PlaneReading, embed_plane, read_plane
+from dicom_wm.engine.predictors import Predictor
+from dicom_wm.errors import KeyStoreError, NotAuthentic, SelfCheckFailed, UnsupportedInput
+from dicom_wm.header import WatermarkHeader, apply_watermark_header, read_watermark_header, remove_watermark_header
 from dicom_wm.keys import KeyStore
+from dicom_wm.payload.block import FORMAT_VERSION, PREDICTOR_CODES, TILE, PlaneBlock, encode_block
+from dicom_wm.payload.mac import canonical_samples, identity_bytes, instance_mac, tile_grid, tile_macs
+from dicom_wm.pixels import PixelPlanes, read_samples, write_samples
 
 __all__ = [
     "EmbedOptions",
@@ -73,6 +90,59 @@ class RestoreResult:
     verify: VerifyResult
 
 
+# Planes per predictor call: bounds memory for long cine loops.
+_CHUNK_SAMPLES = 8 * 1024 * 1024
+
+
+def _to_planes(samples: np.ndarray) -> np.ndarray:
+    f, r, c, ch = samples.shape
+    return np.ascontiguousarray(samples.transpose(0, 3, 1, 2)).reshape(f * ch, r, c)
+
+
+def _from_planes(planes: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    f, r, c, ch = shape
+    return np.ascontiguousarray(planes.reshape(f, ch, r, c).transpose(0, 2, 3, 1))
+
+
+def _walks(planes: np.ndarray, predictor: Predictor, lo: int, hi: int) -> list[WalkOrder]:
+    """Walk order of every plane; depends on B-lattice samples only."""
+    n, r, c = planes.shape
+    step = max(1, _CHUNK_SAMPLES // (r * c))
+    walks: list[WalkOrder] = []
+    for start in range(0, n, step):
+        chunk = planes[start : start + step]
+        pred = predictor.predict(chunk)
+        cost = predictor.complexity(chunk)
+        walks.extend(walk_order(pred[i], cost[i], lo, hi) for i in range(len(chunk)))
+    return walks
+
+
+def _psnr(a: np.ndarray, b: np.ndarray, bits_stored: int) -> tuple[float, int]:
+    diff = np.abs(a - b)
+    max_abs = int(diff.max()) if diff.size else 0
+    mse = float(np.mean(diff.astype(np.float64) ** 2)) if diff.size else 0.0
+    peak = float(2**bits_stored - 1)
+    return (math.inf if mse == 0 else 10 * math.log10(peak * peak / mse)), max_abs
+
+
+def _predictor_fields(predictor: Predictor) -> tuple[int, bytes]:
+    code = PREDICTOR_CODES["learned"] if predictor.name.startswith("learned") else PREDICTOR_CODES[predictor.name]
+    sha = bytes.fromhex(predictor.model_sha256)[:16] if predictor.model_sha256 else bytes(16)
+    return code, sha
+
+
+def _changed_elements(before: Dataset, after: Dataset) -> Dataset:
+    """Original values of top-level elements that writing the samples changed
+    (pixel data itself excluded: it is compared as samples)."""
+    changed = Dataset()
+    for elem in before:
+        if elem.tag == 0x7FE00010:
+            continue
+        if elem.tag not in after or after[elem.tag].value != elem.value:
+            changed.add(copy.deepcopy(elem))
+    return changed
+
+
 def embed_dataset(
     ds: Dataset,
     keys: KeyStore,
@@ -82,15 +152,249 @@ def embed_dataset(
 ) -> EmbedResult:
     """Watermark ``ds`` (not modified). Raises UnsupportedInput,
     InsufficientCapacity, SelfCheckFailed, KeyStoreError."""
-    raise NotImplementedError
+    options = options or EmbedOptions()
+    if not 1 <= options.max_copies <= 255:
+        raise ValueError(f"max_copies {options.max_copies} must be in 1..255")
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    if read_watermark_header(ds) is not None:
+        raise UnsupportedInput("already watermarked by dicom-wm: restore it before embedding again")
+    px = read_samples(ds)
+    timings["decode"] = time.perf_counter() - t
+    f_count, rows, cols, ch_count = px.samples.shape
+    if rows < 2 or cols < 2:
+        raise UnsupportedInput(f"image {rows}x{cols} is too small to watermark (needs at least 2x2)")
+    if px.hi - px.lo < 5:
+        raise UnsupportedInput(f"Bits Stored {px.bits_stored} is too few to watermark (needs at least 3)")
+    predictor = get_predictor(options.predictor)
+    key_id = keys.active_id
+    secret = keys.secret(key_id)
+    ruuid = record_uuid or uuid.uuid4()
+
+    t = time.perf_counter()
+    samples_bytes = canonical_samples(px.samples)
+    sample_sha = hashlib.sha256(samples_bytes).hexdigest()
+    imac = instance_mac(secret, identity_bytes(ds), ruuid, samples_bytes)
+    pcode, psha = _predictor_fields(predictor)
+    planes = _to_planes(px.samples)
+    walks = _walks(planes, predictor, px.lo, px.hi)
+    timings["predict"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    out_planes = np.empty_like(planes)
+    payload_bits = capacity_bits = 0
+    for p, walk in enumerate(walks):
+        frame, channel = divmod(p, ch_count)
+        tmacs = b"".join(tile_macs(secret, ruuid, frame, channel, planes[p], TILE))
+
+        def build(n_used: int, flags: np.ndarray, copies: int, frame: int = frame, channel: int = channel, tmacs: bytes = tmacs) -> bytes:
+            return encode_block(
+                PlaneBlock(
+                    frame=frame, channel=channel, n_frames=f_count, n_channels=ch_count, copies=copies,
+                    key_id=key_id, record_uuid=ruuid, instance_mac=imac, predictor_code=pcode,
+                    model_sha256_prefix=psha, n_used=n_used, moved_flags=flags, tile=TILE, tile_macs=tmacs,
+                ),
+                secret,
+            )
+
+        where = f"frame {frame + 1} of {f_count}" + (f", channel {channel}" if ch_count > 1 else "")
+        emb = embed_plane(planes[p].reshape(-1), walk, build, px.lo, px.hi, options.max_copies, where)
+        out_planes[p] = emb.watermarked.reshape(rows, cols)
+        payload_bits += emb.payload_bits
+        capacity_bits += emb.capacity_bits
+    timings["embed"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    new_samples = _from_planes(out_planes, px.samples.shape)
+    out = copy.deepcopy(ds)
+    write_samples(out, new_samples, px)
+    original_elements = _changed_elements(ds, out)
+    apply_watermark_header(
+        out,
+        WatermarkHeader(
+            format_version=FORMAT_VERSION, key_id=key_id, record_uuid=str(ruuid), predictor=predictor.name,
+            model_sha256=predictor.model_sha256, lossy_source=px.lossy_source,
+            original_transfer_syntax=px.source_transfer_syntax,
+        ),
+        original_elements,
+    )
+    timings["encode"] = time.perf_counter() - t
+
+    # Self-check (invariant 3): read the result back as a verifier would.
+    t = time.perf_counter()
+    check, restored = _verify(out, keys, reembed=False, predictor_hint=predictor)
+    if check.status is not VerifyStatus.AUTHENTIC or restored is None or not np.array_equal(restored, px.samples):
+        raise SelfCheckFailed(
+            f"self-check failed ({check.status.value}{': ' + check.error if check.error else ''}); nothing was written"
+        )
+    timings["self_check"] = time.perf_counter() - t
+
+    psnr, max_abs = _psnr(px.samples, new_samples, px.bits_stored)
+    return EmbedResult(
+        dataset=out, record_uuid=str(ruuid), key_id=key_id, payload_bits=payload_bits,
+        capacity_bits=capacity_bits, psnr_db=psnr, max_abs_delta=max_abs, lossy_source=px.lossy_source,
+        original_sample_sha256=sample_sha, predictor=predictor.name, model_sha256=predictor.model_sha256,
+        timings=timings,
+    )
+
+
+def _candidate_predictors(header: WatermarkHeader | None, hint: Predictor | None) -> list[Predictor]:
+    if hint is not None:
+        return [hint]
+    names = ([header.predictor] if header else []) + ["classic"]
+    out: list[Predictor] = []
+    for name in names:
+        try:
+            pred = get_predictor(name)
+        except Exception:  # noqa: BLE001 - a missing optional model only narrows the search
+            continue
+        if all(p.name != pred.name for p in out):
+            out.append(pred)
+    return out
+
+
+def _secret_lookup(keys: KeyStore):
+    def lookup(key_id: str) -> bytes:
+        try:
+            return keys.secret(key_id)
+        except KeyStoreError:
+            raise KeyError(key_id) from None
+
+    return lookup
+
+
+def _plane_tiles(frame: int, rows: int, cols: int, bad: np.ndarray | None = None) -> set[tuple[int, ...]]:
+    """Tiles of one plane: all of them, or those where ``bad`` (rows, cols) is set."""
+    tiles = tile_grid(rows, cols, TILE)
+    if bad is None:
+        return {(frame, *t) for t in tiles}
+    return {(frame, r0, c0, r1, c1) for (r0, c0, r1, c1) in tiles if bad[r0:r1, c0:c1].any()}
+
+
+def _reembed_diff(wflat: np.ndarray, restored: np.ndarray, walk: WalkOrder, block: PlaneBlock, secret: bytes, lo: int, hi: int) -> np.ndarray:
+    """Samples where embedding the decoded block into the restored plane does
+    not reproduce the received plane: edits that restore cleanly (a carrier
+    flipped between its two values) still show here."""
+    raw = encode_block(block, secret)
+    carriers = carrier_mask(restored[walk.index[: block.n_used]] - walk.pred[: block.n_used])
+    stream = np.zeros(int(carriers.sum()), dtype=np.uint8)
+    bits = np.tile(np.unpackbits(np.frombuffer(raw, np.uint8)), block.copies)[: len(stream)]
+    stream[: len(bits)] = bits
+    expected = embed_walk(restored, walk, stream, block.n_used, lo, hi)
+    return expected != wflat
+
+
+def _verify(
+    ds: Dataset, keys: KeyStore, *, reembed: bool = True, predictor_hint: Predictor | None = None
+) -> tuple[VerifyResult, np.ndarray | None]:
+    try:
+        px = read_samples(ds)
+        header = read_watermark_header(ds)
+    except UnsupportedInput as exc:
+        return VerifyResult(VerifyStatus.UNSUPPORTED, error=str(exc)), None
+    f_count, rows, cols, ch_count = px.samples.shape
+    if rows < 2 or cols < 2 or px.hi - px.lo < 5:
+        status = VerifyStatus.INVALID if header else VerifyStatus.NOT_WATERMARKED
+        return VerifyResult(status, error="image too small to carry a watermark"), None
+    planes = _to_planes(px.samples)
+    lookup = _secret_lookup(keys)
+
+    readings: list[PlaneReading] = []
+    walks: list[WalkOrder] = []
+    for predictor in _candidate_predictors(header, predictor_hint):
+        walks = _walks(planes, predictor, px.lo, px.hi)
+        readings = [read_plane(planes[p].reshape(-1), w, lookup, px.lo, px.hi) for p, w in enumerate(walks)]
+        if any(r.block is not None for r in readings):
+            break
+    found = [r.block for r in readings if r.block is not None]
+    if not found:
+        problems = {r.problem for r in readings}
+        unknown = sorted(p.split(":", 1)[1] for p in problems if p and p.startswith("unknown_key:"))
+        if unknown:
+            return VerifyResult(VerifyStatus.INVALID, key_id=unknown[0], error=f"unknown key id {unknown[0]!r}"), None
+        if "mac" in problems or header is not None:
+            return VerifyResult(
+                VerifyStatus.INVALID,
+                record_uuid=header.record_uuid if header else None,
+                key_id=header.key_id if header else None,
+                error="watermark present but no authentic payload could be read",
+            ), None
+        return VerifyResult(VerifyStatus.NOT_WATERMARKED), None
+
+    ref = found[0]
+    result = VerifyResult(VerifyStatus.AUTHENTIC, record_uuid=str(ref.record_uuid), key_id=ref.key_id)
+    if any(
+        (b.record_uuid, b.key_id, b.instance_mac, b.n_frames, b.n_channels)
+        != (ref.record_uuid, ref.key_id, ref.instance_mac, ref.n_frames, ref.n_channels)
+        for b in found
+    ) or (ref.n_frames, ref.n_channels) != (f_count, ch_count):
+        result.status = VerifyStatus.INVALID
+        result.error = "planes carry payloads of different records or a different frame layout"
+        return result, None
+    secret = lookup(ref.key_id)
+    tampered: set[tuple[int, ...]] = set()
+    restored_planes = planes.copy()
+    payload_bits = 0
+    for p, reading in enumerate(readings):
+        frame, channel = divmod(p, ch_count)
+        block = reading.block
+        if block is None or reading.restored is None or (block.frame, block.channel) != (frame, channel):
+            tampered |= _plane_tiles(frame, rows, cols)
+            continue
+        payload_bits += 8 * block.encoded_length() * block.copies
+        plane = reading.restored.reshape(rows, cols)
+        restored_planes[p] = plane
+        expected = tile_macs(secret, ref.record_uuid, frame, channel, plane, block.tile)
+        got = [block.tile_macs[i : i + 4] for i in range(0, len(block.tile_macs), 4)]
+        grid = tile_grid(rows, cols, block.tile)
+        if len(got) != len(grid):
+            tampered |= _plane_tiles(frame, rows, cols)
+            continue
+        for i, (r0, c0, r1, c1) in enumerate(grid):
+            if expected[i] != got[i]:
+                tampered.add((frame, r0, c0, r1, c1))
+    restored = _from_planes(restored_planes, px.samples.shape)
+    samples_bytes = canonical_samples(restored)
+    result.payload_bits = payload_bits
+    if not tampered and reembed:
+        for p, reading in enumerate(readings):
+            assert reading.block is not None  # every plane read cleanly above
+            diff = _reembed_diff(
+                planes[p].reshape(-1), restored_planes[p].reshape(-1), walks[p], reading.block, secret, px.lo, px.hi
+            )
+            if diff.any():
+                tampered |= _plane_tiles(p // ch_count, rows, cols, diff.reshape(rows, cols))
+    if tampered:
+        result.status = VerifyStatus.TAMPERED
+        result.tampered_tiles = [list(t) for t in sorted(tampered)]
+        result.error = f"{len(tampered)} tile(s) do not match their MAC"
+        return result, restored
+    if instance_mac(secret, identity_bytes(ds), ref.record_uuid, samples_bytes) != ref.instance_mac:
+        result.status = VerifyStatus.INVALID
+        result.error = "instance MAC mismatch: identifying attributes changed (not localisable to tiles)"
+        return result, restored
+    result.original_sample_sha256 = hashlib.sha256(samples_bytes).hexdigest()
+    return result, restored
 
 
 def verify_dataset(ds: Dataset, keys: KeyStore) -> VerifyResult:
     """Never raises for bad input: problems come back as a status + error."""
-    raise NotImplementedError
+    return _verify(ds, keys)[0]
 
 
 def restore_dataset(ds: Dataset, keys: KeyStore, *, force: bool = False) -> RestoreResult:
     """Give back the original. Raises NotAuthentic unless the instance verifies
     (or ``force``), UnsupportedInput / NotAuthentic when nothing can be restored."""
-    raise NotImplementedError
+    result, restored = _verify(ds, keys)
+    if result.status is VerifyStatus.UNSUPPORTED:
+        raise UnsupportedInput(result.error or "unsupported")
+    if result.status is not VerifyStatus.AUTHENTIC and not force:
+        detail = result.error or result.status.value
+        raise NotAuthentic(f"instance is {result.status.value} ({detail}); refusing to restore without force")
+    if restored is None:
+        raise NotAuthentic(f"instance is {result.status.value}: nothing can be restored")
+    px = read_samples(ds)
+    out = copy.deepcopy(ds)
+    write_samples(out, restored, px)
+    remove_watermark_header(out)
+    return RestoreResult(dataset=out, verify=result)

@@ -1,0 +1,149 @@
+"""±1 prediction-error histogram shifting on the A lattice of one plane.
+
+Walk order: A-lattice positions whose prediction lies in [lo + 3, hi - 2],
+sorted by (complexity, raster index), smooth first. Walking a position with
+prediction error e = x - pred:
+
+    e == 0  carries bit b:  x += b          e >= 1:  x += 1  (shift)
+    e == -1 carries bit b:  x -= b          e <= -2: x -= 1  (shift)
+
+The walk stops after the last payload bit (``n_used`` positions); later
+positions are untouched. Every sample changes by at most 1.
+
+Boundary rule (why the prediction window is [lo + 3, hi - 2]): with it, a
+sample at ``hi`` always has e >= 2 and one at ``lo`` e <= -3, so neither is a
+carrier; those would leave the range, so they stay as they are. A sample can
+also be shifted *onto* the boundary. After embedding, a walked sample at lo or
+hi is therefore ambiguous only for restoration, never for reading bits: one
+flag per such sample (in walk order) says whether it moved. The flags travel
+in the payload, so bit parsing never depends on them.
+
+The B lattice is never modified, so predictions and complexities computed at
+extraction equal those of embedding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "WalkOrder",
+    "walk_order",
+    "carrier_mask",
+    "positions_needed",
+    "embed_walk",
+    "read_bits",
+    "restore_walk",
+    "ambiguous_positions",
+]
+
+
+@dataclass(frozen=True)
+class WalkOrder:
+    """Flat indices of the walkable positions of one plane, in walk order,
+    and their predictions."""
+
+    index: np.ndarray  # int64 flat indices into the plane
+    pred: np.ndarray  # int64 predictions at those positions
+
+
+def walk_order(pred: np.ndarray, cost: np.ndarray, lo: int, hi: int) -> WalkOrder:
+    """Walk order of one plane from its prediction and complexity maps."""
+    rows, cols = pred.shape
+    flat_pred = pred.reshape(-1)
+    # A lattice: (r + c) even. Row r starts at offset r % 2.
+    a_idx = (np.arange(rows)[:, None] * cols + np.arange(cols)[None, :])[
+        ((np.arange(rows)[:, None] + np.arange(cols)[None, :]) & 1) == 0
+    ]
+    p = flat_pred[a_idx]
+    ok = (p >= lo + 3) & (p <= hi - 2)
+    a_idx = a_idx[ok]
+    p = p[ok]
+    # uint16 keys let numpy's stable sort use radix sort (O(n)); ties keep
+    # raster order, which is what makes the order reproducible.
+    key = np.minimum(cost.reshape(-1)[a_idx], 0xFFFF).astype(np.uint16)
+    order = np.argsort(key, kind="stable")
+    return WalkOrder(index=a_idx[order], pred=p[order])
+
+
+def carrier_mask(e: np.ndarray) -> np.ndarray:
+    """Positions that carry a bit, from *original* prediction errors."""
+    return (e == 0) | (e == -1)
+
+
+def positions_needed(carriers: np.ndarray, n_bits: int) -> int | None:
+    """Smallest walk length that carries ``n_bits`` bits (None if impossible)."""
+    if n_bits == 0:
+        return 0
+    cum = np.cumsum(carriers, dtype=np.int64)
+    if cum.size == 0 or cum[-1] < n_bits:
+        return None
+    return int(np.searchsorted(cum, n_bits)) + 1
+
+
+def embed_walk(
+    flat: np.ndarray, walk: WalkOrder, bits: np.ndarray, n_used: int, lo: int, hi: int
+) -> np.ndarray:
+    """Return the watermarked copy of ``flat`` (1-D plane) carrying ``bits``
+    on the first ``n_used`` walk positions. The caller checked capacity."""
+    idx = walk.index[:n_used]
+    x = flat[idx]
+    e = x - walk.pred[:n_used]
+    carriers = carrier_mask(e)
+    delta = np.where(e >= 1, 1, np.where(e <= -2, -1, 0)).astype(flat.dtype)
+    b = np.zeros(n_used, dtype=flat.dtype)
+    b[carriers] = bits[: int(carriers.sum())]
+    delta += np.where(e == 0, b, 0) - np.where(e == -1, b, 0)
+    # Samples at the boundary never move (see module docstring).
+    delta[(x == hi) | (x == lo)] = 0
+    out = flat.copy()
+    out[idx] = x + delta
+    return out
+
+
+def ambiguous_positions(wflat: np.ndarray, walk: WalkOrder, n_used: int, lo: int, hi: int) -> np.ndarray:
+    """Walk positions (< n_used) whose watermarked value is lo or hi."""
+    w = wflat[walk.index[:n_used]]
+    return np.flatnonzero((w == lo) | (w == hi))
+
+
+def read_bits(wflat: np.ndarray, walk: WalkOrder) -> np.ndarray:
+    """Bits read along the whole walk (uint8). Positions past the embedder's
+    stop yield noise bits after the payload, which the payload parser ignores."""
+    e = wflat[walk.index] - walk.pred
+    carriers = (e >= -2) & (e <= 1)
+    return ((e[carriers] == 1) | (e[carriers] == -2)).astype(np.uint8)
+
+
+def restore_walk(
+    wflat: np.ndarray,
+    walk: WalkOrder,
+    n_used: int,
+    moved_flags: np.ndarray,
+    lo: int,
+    hi: int,
+    *,
+    strict: bool = True,
+) -> np.ndarray:
+    """Undo the embedding on the first ``n_used`` walk positions.
+
+    ``moved_flags`` holds one bool per ambiguous position (in walk order).
+    With ``strict=False`` a count mismatch (an edited image) is tolerated:
+    missing flags count as "moved", so restoration stays local and the
+    tile MACs show where the image was edited."""
+    idx = walk.index[:n_used]
+    w = wflat[idx]
+    e = w - walk.pred[:n_used]
+    delta = np.where(e >= 1, -1, np.where(e <= -2, 1, 0)).astype(wflat.dtype)
+    amb = np.flatnonzero((w == lo) | (w == hi))
+    flags = moved_flags.astype(bool)
+    if amb.size != flags.size:
+        if strict:
+            raise ValueError(f"{amb.size} boundary samples but {flags.size} flags")
+        flags = np.concatenate([flags, np.ones(max(0, amb.size - flags.size), bool)])[: amb.size]
+    delta[amb[~flags]] = 0
+    out = wflat.copy()
+    out[idx] = w + delta
+    return out

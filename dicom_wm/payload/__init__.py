@@ -1,0 +1,18 @@
+"""Payload format (versioned, docs/format.md) and its MACs."""
+
+from dicom_wm.payload.block import FORMAT_VERSION, TILE, BlockError, PlaneBlock, decode_block, encode_block
+from dicom_wm.payload.mac import canonical_samples, identity_bytes, instance_mac, tile_grid, tile_macs
+
+__all__ = [
+    "FORMAT_VERSION",
+    "TILE",
+    "BlockError",
+    "PlaneBlock",
+    "decode_block",
+    "encode_block",
+    "canonical_samples",
+    "identity_bytes",
+    "instance_mac",
+    "tile_grid",
+    "tile_macs",
+]

@@ -1,0 +1,175 @@
+"""The per-plane payload block (format version 1; spec: docs/format.md).
+
+Every plane (frame x channel) carries one block, repeated ``copies`` times
+back to back in its bit stream, so that a local edit that corrupts one copy
+leaves another readable. A block authenticates itself with a keyed MAC, so a
+reader can pick any intact copy and trust it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "FORMAT_VERSION",
+    "MAGIC",
+    "TILE",
+    "PREDICTOR_CODES",
+    "PlaneBlock",
+    "BlockError",
+    "encode_block",
+    "peek_key_id",
+    "decode_block",
+    "bytes_to_bits",
+    "bits_to_bytes",
+    "find_sync",
+]
+
+FORMAT_VERSION = 1
+MAGIC = b"DWM"
+TILE = 64  # tile edge: tamper evidence is localised to TILE x TILE samples
+BLOCK_MAC_LEN = 8
+INSTANCE_MAC_LEN = 16
+TILE_MAC_LEN = 4
+PREDICTOR_CODES = {"classic-rhombus": 0, "learned": 1}
+
+# magic, version, frame, channel, n_frames, n_channels, copies, key id length
+_HEAD = struct.Struct(">3sBIBIBBB")
+# record uuid, instance mac, predictor code, model sha256 prefix, n_used, n_ambiguous
+_BODY = struct.Struct(">16s16sB16sII")
+_TILES = struct.Struct(">BI")  # tile edge, tile count
+
+
+class BlockError(ValueError):
+    """Bytes that are not a well-formed block (or fail their MAC)."""
+
+
+@dataclass(frozen=True)
+class PlaneBlock:
+    frame: int
+    channel: int
+    n_frames: int
+    n_channels: int
+    copies: int
+    key_id: str
+    record_uuid: uuid.UUID
+    instance_mac: bytes  # 16 bytes
+    predictor_code: int
+    model_sha256_prefix: bytes  # 16 bytes, zeros for the classic predictor
+    n_used: int  # walk positions consumed on this plane
+    moved_flags: np.ndarray  # bool, one per ambiguous boundary sample
+    tile: int
+    tile_macs: bytes  # TILE_MAC_LEN bytes per tile, raster order of tiles
+
+    def encoded_length(self) -> int:
+        return (
+            _HEAD.size
+            + len(self.key_id.encode("ascii"))
+            + _BODY.size
+            + (len(self.moved_flags) + 7) // 8
+            + _TILES.size
+            + len(self.tile_macs)
+            + BLOCK_MAC_LEN
+        )
+
+
+def _block_mac(secret: bytes, content: bytes) -> bytes:
+    return hmac.new(secret, b"dicom-wm block\0" + content, hashlib.sha256).digest()[:BLOCK_MAC_LEN]
+
+
+def encode_block(block: PlaneBlock, secret: bytes) -> bytes:
+    key_id = block.key_id.encode("ascii")
+    if not 0 < len(key_id) < 256:
+        raise ValueError(f"key id {block.key_id!r} must be 1..255 ASCII characters")
+    flags = np.packbits(block.moved_flags.astype(np.uint8)).tobytes() if len(block.moved_flags) else b""
+    content = (
+        _HEAD.pack(
+            MAGIC, FORMAT_VERSION, block.frame, block.channel, block.n_frames,
+            block.n_channels, block.copies, len(key_id),
+        )
+        + key_id
+        + _BODY.pack(
+            block.record_uuid.bytes, block.instance_mac, block.predictor_code,
+            block.model_sha256_prefix, block.n_used, len(block.moved_flags),
+        )
+        + flags
+        + _TILES.pack(block.tile, len(block.tile_macs) // TILE_MAC_LEN)
+        + block.tile_macs
+    )
+    return content + _block_mac(secret, content)
+
+
+def _parse(data: bytes) -> tuple[PlaneBlock, int]:
+    """Parse without checking the MAC; returns the block and its length."""
+    try:
+        magic, version, frame, channel, n_frames, n_channels, copies, klen = _HEAD.unpack_from(data, 0)
+        if magic != MAGIC or version != FORMAT_VERSION:
+            raise BlockError("no block here")
+        off = _HEAD.size
+        key_id = data[off : off + klen].decode("ascii")
+        off += klen
+        ruuid, imac, pcode, msha, n_used, n_amb = _BODY.unpack_from(data, off)
+        off += _BODY.size
+        nflag_bytes = (n_amb + 7) // 8
+        if off + nflag_bytes > len(data):
+            raise BlockError("truncated block")
+        flags = np.unpackbits(np.frombuffer(data, np.uint8, nflag_bytes, off))[:n_amb].astype(bool)
+        off += nflag_bytes
+        tile, n_tiles = _TILES.unpack_from(data, off)
+        off += _TILES.size
+        tile_macs = data[off : off + n_tiles * TILE_MAC_LEN]
+        off += n_tiles * TILE_MAC_LEN
+        if len(tile_macs) != n_tiles * TILE_MAC_LEN or off + BLOCK_MAC_LEN > len(data):
+            raise BlockError("truncated block")
+    except (struct.error, UnicodeDecodeError) as exc:
+        raise BlockError(f"malformed block: {exc}") from None
+    block = PlaneBlock(
+        frame=frame, channel=channel, n_frames=n_frames, n_channels=n_channels, copies=copies,
+        key_id=key_id, record_uuid=uuid.UUID(bytes=ruuid), instance_mac=imac,
+        predictor_code=pcode, model_sha256_prefix=msha, n_used=n_used, moved_flags=flags,
+        tile=tile, tile_macs=tile_macs,
+    )
+    return block, off + BLOCK_MAC_LEN
+
+
+def peek_key_id(data: bytes) -> str:
+    """Key id of a well-formed block, before its MAC is checked."""
+    return _parse(data)[0].key_id
+
+
+def decode_block(data: bytes, secret: bytes) -> PlaneBlock:
+    """Parse and authenticate a block that starts at data[0]."""
+    block, length = _parse(data)
+    content, mac = data[: length - BLOCK_MAC_LEN], data[length - BLOCK_MAC_LEN : length]
+    if not hmac.compare_digest(mac, _block_mac(secret, content)):
+        raise BlockError("block MAC mismatch")
+    return block
+
+
+def bytes_to_bits(data: bytes) -> np.ndarray:
+    return np.unpackbits(np.frombuffer(data, np.uint8))
+
+
+def bits_to_bytes(bits: np.ndarray) -> bytes:
+    n = len(bits) - len(bits) % 8
+    return np.packbits(bits[:n]).tobytes()
+
+
+_SYNC = np.unpackbits(np.frombuffer(MAGIC + bytes([FORMAT_VERSION]), np.uint8))
+_SYNC_WEIGHTS = (1 << np.arange(31, -1, -1, dtype=np.int64)).astype(np.int64)
+_SYNC_VALUE = int(_SYNC.astype(np.int64) @ _SYNC_WEIGHTS)
+
+
+def find_sync(bits: np.ndarray, start: int = 0, limit: int | None = None) -> np.ndarray:
+    """Bit offsets (ascending, >= start) where a block's 32-bit sync word begins."""
+    end = len(bits) if limit is None else min(len(bits), limit)
+    if end - start < 32:
+        return np.zeros(0, dtype=np.int64)
+    window = np.lib.stride_tricks.sliding_window_view(bits[start:end].astype(np.int64), 32)
+    return np.flatnonzero(window @ _SYNC_WEIGHTS == _SYNC_VALUE) + start
