@@ -1,0 +1,159 @@
+"""Property tests of the reversible engine on raw planes (no DICOM)."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dicom_wm.engine.histogram_shift import (
+    ambiguous_positions,
+    carrier_mask,
+    embed_walk,
+    read_bits,
+    restore_walk,
+    walk_order,
+)
+from dicom_wm.engine.plane_codec import embed_plane, read_plane
+from dicom_wm.engine.predictors import ClassicRhombus, a_lattice_mask
+from dicom_wm.errors import InsufficientCapacity
+from dicom_wm.payload.block import PlaneBlock, encode_block
+
+PRED = ClassicRhombus()
+SECRET = b"\x01" * 32
+RANGES = [(bits, signed) for bits in (3, 8, 10, 12, 15, 16, 31, 32) for signed in (False, True)]
+
+
+def bit_range(bits: int, signed: bool) -> tuple[int, int]:
+    return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+
+
+def walk_of(plane: np.ndarray, lo: int, hi: int):
+    p = plane[None]
+    return walk_order(PRED.predict(p)[0], PRED.complexity(p)[0], lo, hi)
+
+
+def make_image(kind: str, rows: int, cols: int, lo: int, hi: int, rng: np.random.Generator) -> np.ndarray:
+    if kind == "min":
+        return np.full((rows, cols), lo, np.int64)
+    if kind == "max":
+        return np.full((rows, cols), hi, np.int64)
+    if kind == "constant":
+        return np.full((rows, cols), int(rng.integers(lo, hi, endpoint=True)), np.int64)
+    if kind == "checkerboard":
+        return np.where(a_lattice_mask(rows, cols), lo, hi).astype(np.int64)
+    if kind == "noise":
+        return rng.integers(lo, hi, size=(rows, cols), endpoint=True, dtype=np.int64)
+    # smooth ramp plus small noise, with saturated corners: near-boundary stress
+    base = np.linspace(lo, hi, cols)[None, :].repeat(rows, 0)
+    img = np.rint(base + rng.normal(0, 2, (rows, cols))).astype(np.int64)
+    img[: rows // 4, : cols // 4] = lo
+    img[-rows // 4 :, -cols // 4 :] = hi
+    return np.clip(img, lo, hi)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    rng_seed=st.integers(0, 2**32 - 1),
+    rows=st.integers(2, 48),
+    cols=st.integers(2, 48),
+    depth=st.sampled_from(RANGES),
+    kind=st.sampled_from(["min", "max", "constant", "checkerboard", "noise", "ramp"]),
+    fill=st.floats(0, 1),
+)
+def test_walk_embed_restore_is_exact_and_bounded(rng_seed, rows, cols, depth, kind, fill):
+    """Any bit stream on any prefix of the walk: |delta| <= 1, in range, and
+    restore (with the boundary flags) gives back every sample."""
+    rng = np.random.default_rng(rng_seed)
+    lo, hi = bit_range(*depth)
+    img = make_image(kind, rows, cols, lo, hi, rng).reshape(-1)
+    walk = walk_of(img.reshape(rows, cols), lo, hi)
+    n_used = int(round(fill * len(walk.index)))
+    carriers = carrier_mask(img[walk.index[:n_used]] - walk.pred[:n_used])
+    bits = rng.integers(0, 2, int(carriers.sum()), dtype=np.uint8)
+    wm = embed_walk(img, walk, bits, n_used, lo, hi)
+
+    assert np.abs(wm - img).max(initial=0) <= 1
+    assert wm.min() >= lo and wm.max() <= hi
+    # B lattice untouched, so the extractor sees the same walk
+    b = ~a_lattice_mask(rows, cols).reshape(-1)
+    assert np.array_equal(wm[b], img[b])
+    walk2 = walk_of(wm.reshape(rows, cols), lo, hi)
+    assert np.array_equal(walk2.index, walk.index)
+    assert np.array_equal(read_bits(wm, walk2)[: len(bits)], bits)
+    amb = ambiguous_positions(wm, walk2, n_used, lo, hi)
+    moved = wm[walk.index[:n_used]][amb] != img[walk.index[:n_used]][amb]
+    assert np.array_equal(restore_walk(wm, walk2, n_used, moved, lo, hi), img)
+
+
+def _builder(rows: int, cols: int):
+    def build(n_used: int, flags: np.ndarray, copies: int) -> bytes:
+        block = PlaneBlock(
+            frame=0, channel=0, n_frames=1, n_channels=1, copies=copies, key_id="ktest",
+            record_uuid=uuid.UUID(int=7), instance_mac=bytes(16), predictor_code=0,
+            model_sha256_prefix=bytes(16), n_used=n_used, moved_flags=flags, tile=64,
+            tile_macs=bytes(4 * (((rows + 63) // 64) * ((cols + 63) // 64))),
+        )
+        return encode_block(block, SECRET)
+
+    return build
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rng_seed=st.integers(0, 2**32 - 1),
+    size=st.integers(8, 160),
+    depth=st.sampled_from(RANGES),
+    kind=st.sampled_from(["min", "max", "constant", "checkerboard", "noise", "ramp"]),
+)
+def test_plane_codec_round_trip_or_clear_capacity_error(rng_seed, size, depth, kind):
+    rng = np.random.default_rng(rng_seed)
+    lo, hi = bit_range(*depth)
+    img = make_image(kind, size, size, lo, hi, rng)
+    walk = walk_of(img, lo, hi)
+    try:
+        emb = embed_plane(img.reshape(-1), walk, _builder(size, size), lo, hi, 3, "test plane")
+    except InsufficientCapacity as exc:
+        assert "insufficient capacity" in str(exc)
+        assert np.array_equal(img, img.copy())  # input untouched by construction (copy-on-write)
+        return
+    reading = read_plane(emb.watermarked, walk_of(emb.watermarked.reshape(size, size), lo, hi), lambda k: SECRET, lo, hi)
+    assert reading.block is not None
+    assert reading.block.n_used == emb.n_used
+    assert np.array_equal(reading.restored, img.reshape(-1))
+
+
+def test_smooth_plane_carries_three_copies_and_survives_one_corrupted_copy():
+    rng = np.random.default_rng(1)
+    lo, hi = 0, 4095
+    img = np.clip(np.rint(1000 + rng.normal(0, 1.5, (256, 256))), lo, hi).astype(np.int64)
+    walk = walk_of(img, lo, hi)
+    emb = embed_plane(img.reshape(-1), walk, _builder(256, 256), lo, hi, 3, "p")
+    assert emb.copies == 3
+    # Flip the carrier of bit 100 of the first copy: copy 0 fails its MAC,
+    # the reader finds copy 1 by its sync word.
+    wm = emb.watermarked.copy()
+    carriers = np.flatnonzero(carrier_mask(img.reshape(-1)[walk.index] - walk.pred))
+    pos = walk.index[carriers[100]]
+    wm[pos] += 1 if wm[pos] - walk.pred[carriers[100]] in (0, -2) else -1
+    reading = read_plane(wm, walk_of(wm.reshape(256, 256), lo, hi), lambda k: SECRET, lo, hi)
+    assert reading.block is not None
+    assert reading.block.n_used == emb.n_used
+
+
+def test_other_key_finds_no_block():
+    rng = np.random.default_rng(2)
+    img = np.clip(np.rint(100 + rng.normal(0, 1, (64, 64))), 0, 255).astype(np.int64)
+    walk = walk_of(img, 0, 255)
+    emb = embed_plane(img.reshape(-1), walk, _builder(64, 64), 0, 255, 3, "p")
+    reading = read_plane(emb.watermarked, walk, lambda k: b"\x02" * 32, 0, 255)
+    assert reading.block is None and reading.problem == "mac"
+
+
+@pytest.mark.parametrize("shape", [(1, 5), (5, 1)])
+def test_degenerate_planes_rejected(shape):
+    with pytest.raises(ValueError, match="too small"):
+        PRED.predict(np.zeros((1, *shape), np.int64))
