@@ -1,0 +1,66 @@
+"""The decoded stored samples of one instance and how to interpret them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["PixelPlanes"]
+
+
+@dataclass(frozen=True)
+class PixelPlanes:
+    """Stored integer samples of an image instance, as decoded.
+
+    Attributes
+    ----------
+    samples : numpy.ndarray
+        ``int64``, shape ``(frames, rows, columns, channels)``, always colour
+        by pixel whatever the dataset's *Planar Configuration*. These are the
+        *stored* values: signed samples are sign-extended from *Bits Stored*,
+        bits above *Bits Stored* are dropped; no rescale, LUT or colour
+        conversion has been applied.
+    bits_allocated, bits_stored : int
+        (0028,0100) and (0028,0101) of the dataset.
+    signed : bool
+        ``True`` when (0028,0103) *Pixel Representation* is 1.
+    photometric : str
+        Photometric interpretation of `samples`. Equal to the dataset's, except
+        where decoding changed the data: ``YBR_FULL_422`` comes out upsampled
+        as ``YBR_FULL``; JPEG 2000 ``YBR_ICT``/``YBR_RCT`` come out as ``RGB``
+        (the codestream's inverse component transform is part of decoding).
+    lossy_source : bool
+        The source transfer syntax allows lossy coding, or (0028,2110)
+        *Lossy Image Compression* is ``"01"``.
+    source_transfer_syntax : str
+        The transfer syntax UID the samples were decoded from.
+    """
+
+    samples: np.ndarray
+    bits_allocated: int
+    bits_stored: int
+    signed: bool
+    photometric: str
+    lossy_source: bool
+    source_transfer_syntax: str
+
+    @property
+    def lo(self) -> int:
+        """Smallest value the *Bits Stored* range allows."""
+        return -(1 << (self.bits_stored - 1)) if self.signed else 0
+
+    @property
+    def hi(self) -> int:
+        """Largest value the *Bits Stored* range allows."""
+        return (1 << (self.bits_stored - 1)) - 1 if self.signed else (1 << self.bits_stored) - 1
+
+    @property
+    def frames(self) -> int:
+        """Number of frames (first axis of `samples`)."""
+        return int(self.samples.shape[0])
+
+    @property
+    def channels(self) -> int:
+        """Samples per pixel (last axis of `samples`)."""
+        return int(self.samples.shape[3])
