@@ -20,13 +20,19 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from dicom_wm.engine import get_predictor
-from dicom_wm.engine.histogram_shift import WalkOrder, carrier_mask, embed_walk, walk_order
-from dicom_wm.engine.plane_codec import PlaneReading, embed_plane, read_plane
+from dicom_wm.engine.histogram_shift import WalkOrder, walk_order
+from dicom_wm.engine.plane_codec import PlaneReading, embed_plane, read_plane, reembed_plane
 from dicom_wm.engine.predictors import Predictor
 from dicom_wm.errors import KeyStoreError, NotAuthentic, SelfCheckFailed, UnsupportedInput
-from dicom_wm.header import WatermarkHeader, apply_watermark_header, read_watermark_header, remove_watermark_header
+from dicom_wm.header import (
+    WatermarkHeader,
+    apply_watermark_header,
+    changed_elements,
+    read_watermark_header,
+    remove_watermark_header,
+)
 from dicom_wm.keys import KeyStore
-from dicom_wm.payload.block import FORMAT_VERSION, PREDICTOR_CODES, TILE, PlaneBlock, encode_block
+from dicom_wm.payload.block import FORMAT_VERSION, PREDICTOR_CODES, TILE, PlaneBlock
 from dicom_wm.payload.mac import canonical_samples, identity_bytes, instance_mac, tile_grid, tile_macs
 from dicom_wm.pixels import PixelPlanes, read_samples, write_samples
 
@@ -131,18 +137,6 @@ def _predictor_fields(predictor: Predictor) -> tuple[int, bytes]:
     return code, sha
 
 
-def _changed_elements(before: Dataset, after: Dataset) -> Dataset:
-    """Original values of top-level elements that writing the samples changed
-    (pixel data itself excluded: it is compared as samples)."""
-    changed = Dataset()
-    for elem in before:
-        if elem.tag == 0x7FE00010:
-            continue
-        if elem.tag not in after or after[elem.tag].value != elem.value:
-            changed.add(copy.deepcopy(elem))
-    return changed
-
-
 def embed_dataset(
     ds: Dataset,
     keys: KeyStore,
@@ -185,21 +179,18 @@ def embed_dataset(
     payload_bits = capacity_bits = 0
     for p, walk in enumerate(walks):
         frame, channel = divmod(p, ch_count)
-        tmacs = b"".join(tile_macs(secret, ruuid, frame, channel, planes[p], TILE))
-
-        def build(n_used: int, flags: np.ndarray, copies: int, frame: int = frame, channel: int = channel, tmacs: bytes = tmacs) -> bytes:
-            return encode_block(
-                PlaneBlock(
-                    frame=frame, channel=channel, n_frames=f_count, n_channels=ch_count, copies=copies,
-                    key_id=key_id, record_uuid=ruuid, instance_mac=imac, predictor_code=pcode,
-                    model_sha256_prefix=psha, n_used=n_used, moved_flags=flags, tile=TILE, tile_macs=tmacs,
-                ),
-                secret,
-            )
-
+        template = PlaneBlock(
+            frame=frame, channel=channel, n_frames=f_count, n_channels=ch_count, lattice_pass=0, passes=1,
+            copies=1, key_id=key_id, record_uuid=ruuid, instance_mac=imac, predictor_code=pcode,
+            model_sha256_prefix=psha, n_used=0, moved_flags=np.zeros(0, bool), tile=TILE, tile_mac_len=4,
+            first_tile=0, tile_macs=b"",
+        )
         where = f"frame {frame + 1} of {f_count}" + (f", channel {channel}" if ch_count > 1 else "")
-        emb = embed_plane(planes[p].reshape(-1), walk, build, px.lo, px.hi, options.max_copies, where)
-        out_planes[p] = emb.watermarked.reshape(rows, cols)
+        emb = embed_plane(
+            planes[p], walk, predictor, template, tile_macs(secret, ruuid, frame, channel, planes[p], TILE),
+            secret, px.lo, px.hi, options.max_copies, where,
+        )
+        out_planes[p] = emb.watermarked
         payload_bits += emb.payload_bits
         capacity_bits += emb.capacity_bits
     timings["embed"] = time.perf_counter() - t
@@ -208,7 +199,7 @@ def embed_dataset(
     new_samples = _from_planes(out_planes, px.samples.shape)
     out = copy.deepcopy(ds)
     write_samples(out, new_samples, px)
-    original_elements = _changed_elements(ds, out)
+    original_elements, added_tags = changed_elements(ds, out)
     apply_watermark_header(
         out,
         WatermarkHeader(
@@ -217,6 +208,7 @@ def embed_dataset(
             original_transfer_syntax=px.source_transfer_syntax,
         ),
         original_elements,
+        added_tags=added_tags,
     )
     timings["encode"] = time.perf_counter() - t
 
@@ -271,19 +263,6 @@ def _plane_tiles(frame: int, rows: int, cols: int, bad: np.ndarray | None = None
     return {(frame, r0, c0, r1, c1) for (r0, c0, r1, c1) in tiles if bad[r0:r1, c0:c1].any()}
 
 
-def _reembed_diff(wflat: np.ndarray, restored: np.ndarray, walk: WalkOrder, block: PlaneBlock, secret: bytes, lo: int, hi: int) -> np.ndarray:
-    """Samples where embedding the decoded block into the restored plane does
-    not reproduce the received plane: edits that restore cleanly (a carrier
-    flipped between its two values) still show here."""
-    raw = encode_block(block, secret)
-    carriers = carrier_mask(restored[walk.index[: block.n_used]] - walk.pred[: block.n_used])
-    stream = np.zeros(int(carriers.sum()), dtype=np.uint8)
-    bits = np.tile(np.unpackbits(np.frombuffer(raw, np.uint8)), block.copies)[: len(stream)]
-    stream[: len(bits)] = bits
-    expected = embed_walk(restored, walk, stream, block.n_used, lo, hi)
-    return expected != wflat
-
-
 def _verify(
     ds: Dataset, keys: KeyStore, *, reembed: bool = True, predictor_hint: Predictor | None = None
 ) -> tuple[VerifyResult, np.ndarray | None]:
@@ -300,14 +279,16 @@ def _verify(
     lookup = _secret_lookup(keys)
 
     readings: list[PlaneReading] = []
-    walks: list[WalkOrder] = []
+    predictor: Predictor | None = None
     for predictor in _candidate_predictors(header, predictor_hint):
         walks = _walks(planes, predictor, px.lo, px.hi)
-        readings = [read_plane(planes[p].reshape(-1), w, lookup, px.lo, px.hi) for p, w in enumerate(walks)]
-        if any(r.block is not None for r in readings):
+        readings = [
+            read_plane(planes[p], w, predictor, lookup, px.lo, px.hi) for p, w in enumerate(walks)
+        ]
+        if any(r.blocks for r in readings):
             break
-    found = [r.block for r in readings if r.block is not None]
-    if not found:
+    found = [b for r in readings for b in r.blocks]
+    if not found or predictor is None:
         problems = {r.problem for r in readings}
         unknown = sorted(p.split(":", 1)[1] for p in problems if p and p.startswith("unknown_key:"))
         if unknown:
@@ -335,35 +316,31 @@ def _verify(
     tampered: set[tuple[int, ...]] = set()
     restored_planes = planes.copy()
     payload_bits = 0
+    grid = tile_grid(rows, cols, TILE)
     for p, reading in enumerate(readings):
         frame, channel = divmod(p, ch_count)
-        block = reading.block
-        if block is None or reading.restored is None or (block.frame, block.channel) != (frame, channel):
+        if reading.restored is None or any((b.frame, b.channel) != (frame, channel) for b in reading.blocks):
             tampered |= _plane_tiles(frame, rows, cols)
             continue
-        payload_bits += 8 * block.encoded_length() * block.copies
-        plane = reading.restored.reshape(rows, cols)
-        restored_planes[p] = plane
-        expected = tile_macs(secret, ref.record_uuid, frame, channel, plane, block.tile)
-        got = [block.tile_macs[i : i + 4] for i in range(0, len(block.tile_macs), 4)]
-        grid = tile_grid(rows, cols, block.tile)
-        if len(got) != len(grid):
-            tampered |= _plane_tiles(frame, rows, cols)
-            continue
-        for i, (r0, c0, r1, c1) in enumerate(grid):
-            if expected[i] != got[i]:
-                tampered.add((frame, r0, c0, r1, c1))
+        payload_bits += sum(8 * b.encoded_length() * b.copies for b in reading.blocks)
+        restored_planes[p] = reading.restored
+        expected = tile_macs(secret, ref.record_uuid, frame, channel, reading.restored, TILE)
+        carried: dict[int, bytes] = {}
+        for b in reading.blocks:
+            for i in range(len(b.tile_macs) // b.tile_mac_len):
+                carried[b.first_tile + i] = b.tile_macs[i * b.tile_mac_len : (i + 1) * b.tile_mac_len]
+        for i, tile in enumerate(grid):
+            if i not in carried or expected[i][: len(carried[i])] != carried[i]:
+                tampered.add((frame, *tile))
     restored = _from_planes(restored_planes, px.samples.shape)
     samples_bytes = canonical_samples(restored)
     result.payload_bits = payload_bits
     if not tampered and reembed:
         for p, reading in enumerate(readings):
-            assert reading.block is not None  # every plane read cleanly above
-            diff = _reembed_diff(
-                planes[p].reshape(-1), restored_planes[p].reshape(-1), walks[p], reading.block, secret, px.lo, px.hi
-            )
+            expected_plane = reembed_plane(restored_planes[p], reading.blocks, predictor, secret, px.lo, px.hi)
+            diff = expected_plane != planes[p]
             if diff.any():
-                tampered |= _plane_tiles(p // ch_count, rows, cols, diff.reshape(rows, cols))
+                tampered |= _plane_tiles(p // ch_count, rows, cols, diff)
     if tampered:
         result.status = VerifyStatus.TAMPERED
         result.tampered_tiles = [list(t) for t in sorted(tampered)]

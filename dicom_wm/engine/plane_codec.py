@@ -1,10 +1,21 @@
-"""Carry one payload block per plane: fit it (copies, walk length, boundary
-flags) on embedding, find an intact copy and undo the embedding on reading."""
+"""Carry a plane's payload blocks: fit them (lattice passes, copies, tile-MAC
+length, walk length, boundary flags) on embedding; find intact copies and
+undo the embedding on reading.
+
+A plane is first tried with the A lattice alone (B untouched, its context
+exact). Where that cannot hold the block, the tile MACs are split: the A pass
+carries the first tiles, then a B pass (predicted from the watermarked A
+lattice) carries the rest. Readers undo B first, then A. Each sample is still
+changed at most once, so the ±1 bound holds.
+
+The B pass reuses the A machinery on a view of the plane shifted right by one
+mirrored column, which swaps the lattices' parity.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -15,32 +26,63 @@ from dicom_wm.engine.histogram_shift import (
     positions_needed,
     read_bits,
     restore_walk,
+    walk_order,
 )
+from dicom_wm.engine.predictors import Predictor
 from dicom_wm.errors import InsufficientCapacity
-from dicom_wm.payload.block import BlockError, PlaneBlock, bits_to_bytes, bytes_to_bits, decode_block, find_sync, peek_key_id
+from dicom_wm.payload.block import (
+    BlockError,
+    PlaneBlock,
+    bits_to_bytes,
+    bytes_to_bits,
+    decode_block,
+    encode_block,
+    find_sync,
+    peek_key_id,
+)
 
-__all__ = ["PlaneEmbedding", "embed_plane", "PlaneReading", "read_plane", "plane_capacity"]
+__all__ = [
+    "PREFERENCES",
+    "PlaneEmbedding",
+    "PlaneReading",
+    "embed_plane",
+    "read_plane",
+    "reembed_plane",
+    "lattice_walk",
+]
 
-# A block builder: (n_used, moved_flags, copies) -> encoded block bytes.
-BlockBuilder = Callable[[int, np.ndarray, int], bytes]
-# Secret lookup: key id -> secret; raises KeyError-like for unknown ids.
+# (copies, tile MAC bytes), best first: two copies keep tamper evidence
+# localisable when an edit hits one copy, so they come before longer MACs.
+PREFERENCES = ((3, 4), (2, 4), (2, 2), (1, 4), (1, 2))
+MAX_SYNC_TRIES = 256
+
+# Secret lookup: key id -> secret; raises KeyError for unknown ids.
 SecretLookup = Callable[[str], bytes]
 
-MAX_SYNC_TRIES = 256
+
+def lattice_view(plane: np.ndarray, lattice_pass: int) -> np.ndarray:
+    """The plane as seen by a pass: pass 1 shifts it right by one mirrored
+    column so that its B lattice becomes the view's A lattice."""
+    return plane if lattice_pass == 0 else np.pad(plane, ((0, 0), (1, 0)), mode="reflect")
+
+
+def from_view(view: np.ndarray, lattice_pass: int) -> np.ndarray:
+    return view if lattice_pass == 0 else view[:, 1:]
+
+
+def lattice_walk(view: np.ndarray, predictor: Predictor, lattice_pass: int, lo: int, hi: int) -> WalkOrder:
+    p = view[None]
+    walk = walk_order(predictor.predict(p)[0], predictor.complexity(p)[0], lo, hi)
+    if lattice_pass == 1:  # the mirrored column is not a real position
+        keep = (walk.index % view.shape[1]) != 0
+        walk = WalkOrder(walk.index[keep], walk.pred[keep])
+    return walk
 
 
 @dataclass(frozen=True)
-class PlaneEmbedding:
-    watermarked: np.ndarray  # flat plane
-    block: bytes
-    copies: int
-    n_used: int
-    payload_bits: int  # bits written, all copies (padding excluded)
-    capacity_bits: int  # carriers over the whole walk
-
-
-def plane_capacity(flat: np.ndarray, walk: WalkOrder) -> int:
-    return int(carrier_mask(flat[walk.index] - walk.pred).sum())
+class _Fit:
+    out: np.ndarray  # flat view, watermarked
+    n_bits: int
 
 
 def _moved_flags(flat: np.ndarray, walk: WalkOrder, n_used: int, lo: int, hi: int) -> np.ndarray:
@@ -48,52 +90,125 @@ def _moved_flags(flat: np.ndarray, walk: WalkOrder, n_used: int, lo: int, hi: in
     Only shifts reach the boundary, so the flags do not depend on the bits."""
     x = flat[walk.index[:n_used]]
     e = x - walk.pred[:n_used]
-    at_bound = (x == lo) | (x == hi)
     shift = np.where(e >= 1, 1, np.where(e <= -2, -1, 0))
-    shift[at_bound] = 0
+    shift[(x == lo) | (x == hi)] = 0
     final = x + shift
-    amb = (final == lo) | (final == hi)
-    return shift[amb] != 0
+    return shift[(final == lo) | (final == hi)] != 0
+
+
+def _fit(
+    flat: np.ndarray,
+    walk: WalkOrder,
+    carriers: np.ndarray,
+    make: Callable[[int, np.ndarray], bytes],
+    copies: int,
+    lo: int,
+    hi: int,
+) -> _Fit | None:
+    """Embed ``copies`` copies of ``make(n_used, flags)``; None if they do not
+    fit. n_used and the flags depend on each other: iterate to a fixed point
+    (n_used only grows, so this terminates)."""
+    n_used = 0
+    flags = np.zeros(0, dtype=bool)
+    while True:
+        block = make(n_used, flags)
+        n_bits = 8 * len(block) * copies
+        need = positions_needed(carriers, n_bits)
+        if need is None:
+            return None
+        if need <= n_used:
+            stream = np.zeros(int(carriers[:n_used].sum()), dtype=np.uint8)
+            stream[:n_bits] = np.tile(bytes_to_bits(block), copies)
+            return _Fit(embed_walk(flat, walk, stream, n_used, lo, hi), n_bits)
+        n_used = need
+        flags = _moved_flags(flat, walk, n_used, lo, hi)
+
+
+@dataclass(frozen=True)
+class PlaneEmbedding:
+    watermarked: np.ndarray  # (rows, cols)
+    payload_bits: int  # bits written, all copies and passes (padding excluded)
+    capacity_bits: int  # single-layer capacity: carriers of the A walk (+ B walk when used)
+    passes: int
+    copies: int
+
+
+def _preferences(max_copies: int) -> Iterator[tuple[int, int]]:
+    return ((c, m) for c, m in PREFERENCES if c <= max_copies)
 
 
 def embed_plane(
-    flat: np.ndarray, walk: WalkOrder, build: BlockBuilder, lo: int, hi: int, max_copies: int, where: str
+    plane: np.ndarray,
+    walk_a: WalkOrder,
+    predictor: Predictor,
+    template: PlaneBlock,
+    tile_macs: list[bytes],
+    secret: bytes,
+    lo: int,
+    hi: int,
+    max_copies: int,
+    where: str,
 ) -> PlaneEmbedding:
-    """Embed as many copies (<= max_copies, >= 1) of the block as fit."""
-    carriers = carrier_mask(flat[walk.index] - walk.pred)
-    capacity = int(carriers.sum())
-    smallest = None
-    for copies in range(max_copies, 0, -1):
-        n_used = 0
-        flags = np.zeros(0, dtype=bool)
-        for _ in range(64):
-            block = build(n_used, flags, copies)
-            n_bits = 8 * len(block) * copies
-            need = positions_needed(carriers, n_bits)
-            if need is None:
-                smallest = n_bits
+    """Embed the plane's block(s); ``template`` has every field but the
+    lattice/tile/copy/walk ones, which this function fills in."""
+    n_tiles = len(tile_macs)
+
+    def maker(lattice_pass: int, passes: int, first: int, count: int, mac_len: int, copies: int):
+        macs = b"".join(m[:mac_len] for m in tile_macs[first : first + count])
+
+        def make(n_used: int, flags: np.ndarray) -> bytes:
+            block = replace(
+                template, lattice_pass=lattice_pass, passes=passes, copies=copies, n_used=n_used,
+                moved_flags=flags, tile_mac_len=mac_len, first_tile=first, tile_macs=macs,
+            )
+            return encode_block(block, secret)
+
+        return make
+
+    flat_a = plane.reshape(-1)
+    carriers_a = carrier_mask(flat_a[walk_a.index] - walk_a.pred)
+    cap_a = int(carriers_a.sum())
+    for copies, mac_len in _preferences(max_copies):
+        fit = _fit(flat_a, walk_a, carriers_a, maker(0, 1, 0, n_tiles, mac_len, copies), copies, lo, hi)
+        if fit is not None:
+            return PlaneEmbedding(fit.out.reshape(plane.shape), fit.n_bits, cap_a, 1, copies)
+
+    cap_b = 0
+    for copies, mac_len in _preferences(max_copies):
+        fixed = len(maker(0, 2, 0, 0, mac_len, copies)(0, np.zeros(0, bool)))
+        k = min(n_tiles, max(0, (cap_a // (8 * copies) - fixed) // mac_len))
+        fit_a = None
+        while k >= 0:
+            fit_a = _fit(flat_a, walk_a, carriers_a, maker(0, 2, 0, k, mac_len, copies), copies, lo, hi)
+            if fit_a is not None:
                 break
-            if need <= n_used:
-                stream = np.zeros(int(carriers[:n_used].sum()), dtype=np.uint8)
-                stream[:n_bits] = np.tile(bytes_to_bits(block), copies)
-                out = embed_walk(flat, walk, stream, n_used, lo, hi)
-                return PlaneEmbedding(out, block, copies, n_used, n_bits, capacity)
-            n_used = need
-            flags = _moved_flags(flat, walk, n_used, lo, hi)
+            k -= max(1, k // 10) if k > 0 else 1
+        if fit_a is None:
+            continue
+        view = lattice_view(fit_a.out.reshape(plane.shape), 1)
+        walk_b = lattice_walk(view, predictor, 1, lo, hi)
+        flat_b = view.reshape(-1)
+        carriers_b = carrier_mask(flat_b[walk_b.index] - walk_b.pred)
+        cap_b = int(carriers_b.sum())
+        fit_b = _fit(flat_b, walk_b, carriers_b, maker(1, 2, k, n_tiles - k, mac_len, copies), copies, lo, hi)
+        if fit_b is not None:
+            out = from_view(fit_b.out.reshape(view.shape), 1)
+            return PlaneEmbedding(np.ascontiguousarray(out), fit_a.n_bits + fit_b.n_bits, cap_a + cap_b, 2, copies)
+    smallest = 8 * len(maker(0, 1, 0, n_tiles, 2, 1)(0, np.zeros(0, bool)))
     raise InsufficientCapacity(
-        f"insufficient capacity in {where}: the payload needs {smallest} bits, the plane carries {capacity}"
+        f"insufficient capacity in {where}: the payload needs at least {smallest} bits, "
+        f"the plane carries {cap_a + cap_b}"
     )
 
 
 @dataclass
-class PlaneReading:
+class _Read:
     block: PlaneBlock | None
-    restored: np.ndarray | None  # flat plane, when a block was found
-    problem: str | None  # why no block: "none", "unknown_key:<id>", "mac"
-    copy_offset: int = 0
+    restored: np.ndarray | None  # flat view
+    problem: str | None  # "none", "unknown_key:<id>", "mac"
 
 
-def _candidate_offsets(bits: np.ndarray):
+def _candidate_offsets(bits: np.ndarray) -> Iterator[int]:
     """Offset 0 (the first copy) first; the sync scan only when it fails."""
     yield 0
     for off in find_sync(bits)[:MAX_SYNC_TRIES]:
@@ -101,9 +216,9 @@ def _candidate_offsets(bits: np.ndarray):
             yield int(off)
 
 
-def read_plane(wflat: np.ndarray, walk: WalkOrder, secret_for: SecretLookup, lo: int, hi: int) -> PlaneReading:
-    """Find an authentic copy of the block, then restore the plane."""
-    bits = read_bits(wflat, walk)
+def _read(flat: np.ndarray, walk: WalkOrder, secret_for: SecretLookup, lo: int, hi: int) -> _Read:
+    """Find an authentic copy of a block in one lattice pass and undo it."""
+    bits = read_bits(flat, walk)
     problem = "none"
     for off in _candidate_offsets(bits):
         data = bits_to_bytes(bits[off:])
@@ -124,6 +239,52 @@ def read_plane(wflat: np.ndarray, walk: WalkOrder, secret_for: SecretLookup, lo:
             continue
         if block.n_used > len(walk.index):
             continue
-        restored = restore_walk(wflat, walk, block.n_used, block.moved_flags, lo, hi, strict=False)
-        return PlaneReading(block, restored, None)
-    return PlaneReading(None, None, problem)
+        return _Read(block, restore_walk(flat, walk, block.n_used, block.moved_flags, lo, hi, strict=False), None)
+    return _Read(None, None, problem)
+
+
+@dataclass
+class PlaneReading:
+    blocks: list[PlaneBlock]  # A-pass block first
+    restored: np.ndarray | None  # (rows, cols) when every pass was read
+    problem: str | None
+
+
+def read_plane(
+    plane: np.ndarray, walk_a: WalkOrder, predictor: Predictor, secret_for: SecretLookup, lo: int, hi: int
+) -> PlaneReading:
+    first = _read(plane.reshape(-1), walk_a, secret_for, lo, hi)
+    if first.block is not None and first.block.passes == 1:
+        return PlaneReading([first.block], first.restored.reshape(plane.shape), None)
+    # Two passes (or an unreadable A pass): undo B first, then read A.
+    view = lattice_view(plane, 1)
+    second = _read(view.reshape(-1), lattice_walk(view, predictor, 1, lo, hi), secret_for, lo, hi)
+    if second.block is None or second.block.lattice_pass != 1:
+        blocks = [first.block] if first.block is not None else []
+        return PlaneReading(blocks, None, first.problem if first.problem != "none" else second.problem)
+    restored_b = np.ascontiguousarray(from_view(second.restored.reshape(view.shape), 1))
+    third = _read(restored_b.reshape(-1), lattice_walk(restored_b, predictor, 0, lo, hi), secret_for, lo, hi)
+    if third.block is None:
+        return PlaneReading([second.block], None, third.problem)
+    return PlaneReading([third.block, second.block], third.restored.reshape(plane.shape), None)
+
+
+def reembed_plane(
+    restored: np.ndarray, blocks: list[PlaneBlock], predictor: Predictor, secret: bytes, lo: int, hi: int
+) -> np.ndarray:
+    """Embed the decoded blocks into the restored plane again. Where the
+    result differs from the received plane, the received plane was edited
+    (this catches edits that restore to the same original)."""
+    out = restored
+    for block in sorted(blocks, key=lambda b: b.lattice_pass):
+        view = lattice_view(out, block.lattice_pass)
+        walk = lattice_walk(view, predictor, block.lattice_pass, lo, hi)
+        flat = view.reshape(-1)
+        raw = encode_block(block, secret)
+        carriers = carrier_mask(flat[walk.index[: block.n_used]] - walk.pred[: block.n_used])
+        stream = np.zeros(int(carriers.sum()), dtype=np.uint8)
+        bits = np.tile(bytes_to_bits(raw), block.copies)[: len(stream)]
+        stream[: len(bits)] = bits
+        out = np.ascontiguousarray(from_view(embed_walk(flat, walk, stream, block.n_used, lo, hi).reshape(view.shape), block.lattice_pass))
+    return out
+

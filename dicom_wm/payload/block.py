@@ -36,14 +36,15 @@ MAGIC = b"DWM"
 TILE = 64  # tile edge: tamper evidence is localised to TILE x TILE samples
 BLOCK_MAC_LEN = 8
 INSTANCE_MAC_LEN = 16
-TILE_MAC_LEN = 4
+TILE_MAC_LENGTHS = (4, 2)
 PREDICTOR_CODES = {"classic-rhombus": 0, "learned": 1}
 
-# magic, version, frame, channel, n_frames, n_channels, copies, key id length
-_HEAD = struct.Struct(">3sBIBIBBB")
+# magic, version, frame, channel, n_frames, n_channels, lattice pass,
+# passes on this plane, copies, key id length
+_HEAD = struct.Struct(">3sBIBIBBBBB")
 # record uuid, instance mac, predictor code, model sha256 prefix, n_used, n_ambiguous
 _BODY = struct.Struct(">16s16sB16sII")
-_TILES = struct.Struct(">BI")  # tile edge, tile count
+_TILES = struct.Struct(">BBII")  # tile edge, tile MAC length, first tile, tile count
 
 
 class BlockError(ValueError):
@@ -56,6 +57,8 @@ class PlaneBlock:
     channel: int
     n_frames: int
     n_channels: int
+    lattice_pass: int  # 0: A lattice (embedded first), 1: B lattice
+    passes: int  # lattice passes used on this plane (1 or 2)
     copies: int
     key_id: str
     record_uuid: uuid.UUID
@@ -65,7 +68,9 @@ class PlaneBlock:
     n_used: int  # walk positions consumed on this plane
     moved_flags: np.ndarray  # bool, one per ambiguous boundary sample
     tile: int
-    tile_macs: bytes  # TILE_MAC_LEN bytes per tile, raster order of tiles
+    tile_mac_len: int  # 4, or 2 where capacity is short
+    first_tile: int  # tile index (raster order) of the first MAC carried here
+    tile_macs: bytes  # tile_mac_len bytes per tile
 
     def encoded_length(self) -> int:
         return (
@@ -91,7 +96,7 @@ def encode_block(block: PlaneBlock, secret: bytes) -> bytes:
     content = (
         _HEAD.pack(
             MAGIC, FORMAT_VERSION, block.frame, block.channel, block.n_frames,
-            block.n_channels, block.copies, len(key_id),
+            block.n_channels, block.lattice_pass, block.passes, block.copies, len(key_id),
         )
         + key_id
         + _BODY.pack(
@@ -99,7 +104,7 @@ def encode_block(block: PlaneBlock, secret: bytes) -> bytes:
             block.model_sha256_prefix, block.n_used, len(block.moved_flags),
         )
         + flags
-        + _TILES.pack(block.tile, len(block.tile_macs) // TILE_MAC_LEN)
+        + _TILES.pack(block.tile, block.tile_mac_len, block.first_tile, len(block.tile_macs) // block.tile_mac_len)
         + block.tile_macs
     )
     return content + _block_mac(secret, content)
@@ -108,7 +113,7 @@ def encode_block(block: PlaneBlock, secret: bytes) -> bytes:
 def _parse(data: bytes) -> tuple[PlaneBlock, int]:
     """Parse without checking the MAC; returns the block and its length."""
     try:
-        magic, version, frame, channel, n_frames, n_channels, copies, klen = _HEAD.unpack_from(data, 0)
+        magic, version, frame, channel, n_frames, n_channels, lpass, passes, copies, klen = _HEAD.unpack_from(data, 0)
         if magic != MAGIC or version != FORMAT_VERSION:
             raise BlockError("no block here")
         off = _HEAD.size
@@ -121,19 +126,22 @@ def _parse(data: bytes) -> tuple[PlaneBlock, int]:
             raise BlockError("truncated block")
         flags = np.unpackbits(np.frombuffer(data, np.uint8, nflag_bytes, off))[:n_amb].astype(bool)
         off += nflag_bytes
-        tile, n_tiles = _TILES.unpack_from(data, off)
+        tile, mac_len, first_tile, n_tiles = _TILES.unpack_from(data, off)
         off += _TILES.size
-        tile_macs = data[off : off + n_tiles * TILE_MAC_LEN]
-        off += n_tiles * TILE_MAC_LEN
-        if len(tile_macs) != n_tiles * TILE_MAC_LEN or off + BLOCK_MAC_LEN > len(data):
+        if mac_len not in TILE_MAC_LENGTHS or lpass > 1 or passes not in (1, 2):
+            raise BlockError("malformed block")
+        tile_macs = data[off : off + n_tiles * mac_len]
+        off += n_tiles * mac_len
+        if len(tile_macs) != n_tiles * mac_len or off + BLOCK_MAC_LEN > len(data):
             raise BlockError("truncated block")
     except (struct.error, UnicodeDecodeError) as exc:
         raise BlockError(f"malformed block: {exc}") from None
     block = PlaneBlock(
-        frame=frame, channel=channel, n_frames=n_frames, n_channels=n_channels, copies=copies,
+        frame=frame, channel=channel, n_frames=n_frames, n_channels=n_channels,
+        lattice_pass=lpass, passes=passes, copies=copies,
         key_id=key_id, record_uuid=uuid.UUID(bytes=ruuid), instance_mac=imac,
         predictor_code=pcode, model_sha256_prefix=msha, n_used=n_used, moved_flags=flags,
-        tile=tile, tile_macs=tile_macs,
+        tile=tile, tile_mac_len=mac_len, first_tile=first_tile, tile_macs=tile_macs,
     )
     return block, off + BLOCK_MAC_LEN
 
