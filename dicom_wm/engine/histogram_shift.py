@@ -73,11 +73,12 @@ def carrier_mask(e: np.ndarray) -> np.ndarray:
     return (e == 0) | (e == -1)
 
 
-def positions_needed(carriers: np.ndarray, n_bits: int) -> int | None:
-    """Smallest walk length that carries ``n_bits`` bits (None if impossible)."""
+def positions_needed(cum_carriers: np.ndarray, n_bits: int) -> int | None:
+    """Smallest walk length that carries ``n_bits`` bits (None if impossible),
+    from the running count of carriers along the walk."""
     if n_bits == 0:
         return 0
-    cum = np.cumsum(carriers, dtype=np.int64)
+    cum = cum_carriers
     if cum.size == 0 or cum[-1] < n_bits:
         return None
     return int(np.searchsorted(cum, n_bits)) + 1

@@ -110,14 +110,15 @@ def _fit(
     (n_used only grows, so this terminates)."""
     n_used = 0
     flags = np.zeros(0, dtype=bool)
+    cum = np.cumsum(carriers, dtype=np.int64)
     while True:
         block = make(n_used, flags)
         n_bits = 8 * len(block) * copies
-        need = positions_needed(carriers, n_bits)
+        need = positions_needed(cum, n_bits)
         if need is None:
             return None
         if need <= n_used:
-            stream = np.zeros(int(carriers[:n_used].sum()), dtype=np.uint8)
+            stream = np.zeros(int(cum[n_used - 1]) if n_used else 0, dtype=np.uint8)
             stream[:n_bits] = np.tile(bytes_to_bits(block), copies)
             return _Fit(embed_walk(flat, walk, stream, n_used, lo, hi), n_bits)
         n_used = need
