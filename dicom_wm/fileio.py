@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
@@ -135,10 +136,23 @@ def read_dataset(path: str | os.PathLike[str]) -> Dataset:
         raise UnsupportedInput(f"{p} is not a DICOM file (no 'DICM' prefix after the 128-byte preamble)")
     try:
         ds = pydicom.dcmread(p)
+        if len(ds) == 0:
+            raise UnsupportedInput(f"{p} is truncated or empty: no data elements after the file meta information")
+        # pydicom accepts a value cut short by the end of the file; its
+        # declared length gives it away.
+        for tag, raw in ds.items():
+            if isinstance(raw, RawDataElement) and raw.length != 0xFFFFFFFF:
+                got = len(raw.value) if raw.value is not None else 0
+                if got < raw.length:
+                    raise UnsupportedInput(
+                        f"{p} is truncated: element {tag} declares {raw.length} bytes, the file holds {got}"
+                    )
         # Raw elements are converted lazily; touch each top-level one so a
         # broken value is reported here rather than halfway through a job.
         for elem in ds:
             _ = elem.value
+    except UnsupportedInput:
+        raise
     except InvalidDicomError as exc:
         raise UnsupportedInput(f"{p} is not a valid DICOM file: {exc}") from None
     except (EOFError, struct.error) as exc:

@@ -33,7 +33,14 @@ from dicom_wm.header import (
 )
 from dicom_wm.keys import KeyStore
 from dicom_wm.payload.block import FORMAT_VERSION, PREDICTOR_CODES, TILE, PlaneBlock
-from dicom_wm.payload.mac import canonical_samples, identity_bytes, instance_mac, tile_grid, tile_macs
+from dicom_wm.payload.mac import (
+    canonical_dtype,
+    canonical_samples,
+    identity_bytes,
+    instance_mac,
+    tile_digests,
+    tile_grid,
+)
 from dicom_wm.pixels import PixelPlanes, read_samples, write_samples
 
 __all__ = [
@@ -126,7 +133,10 @@ def _walks(planes: np.ndarray, predictor: Predictor, lo: int, hi: int) -> list[W
 def _psnr(a: np.ndarray, b: np.ndarray, bits_stored: int) -> tuple[float, int]:
     diff = np.abs(a - b)
     max_abs = int(diff.max()) if diff.size else 0
-    mse = float(np.mean(diff.astype(np.float64) ** 2)) if diff.size else 0.0
+    if max_abs <= 1:  # the usual case: squared error is the change count
+        mse = np.count_nonzero(diff) / diff.size if diff.size else 0.0
+    else:
+        mse = float(np.mean(diff.astype(np.float64) ** 2))
     peak = float(2**bits_stored - 1)
     return (math.inf if mse == 0 else 10 * math.log10(peak * peak / mse)), max_abs
 
@@ -166,11 +176,14 @@ def embed_dataset(
     ruuid = record_uuid or uuid.uuid4()
 
     t = time.perf_counter()
-    samples_bytes = canonical_samples(px.samples)
-    sample_sha = hashlib.sha256(samples_bytes).hexdigest()
-    imac = instance_mac(secret, identity_bytes(ds), ruuid, samples_bytes)
+    dtype = canonical_dtype(px.bits_stored, px.signed)
+    sample_sha = hashlib.sha256(canonical_samples(px.samples, dtype)).hexdigest()
     pcode, psha = _predictor_fields(predictor)
     planes = _to_planes(px.samples)
+    digests = [
+        tile_digests(secret, ruuid, p // ch_count, p % ch_count, planes[p], TILE, dtype) for p in range(len(planes))
+    ]
+    imac = instance_mac(secret, identity_bytes(ds), ruuid, [d for plane in digests for d in plane])
     walks = _walks(planes, predictor, px.lo, px.hi)
     timings["predict"] = time.perf_counter() - t
 
@@ -187,7 +200,7 @@ def embed_dataset(
         )
         where = f"frame {frame + 1} of {f_count}" + (f", channel {channel}" if ch_count > 1 else "")
         emb = embed_plane(
-            planes[p], walk, predictor, template, tile_macs(secret, ruuid, frame, channel, planes[p], TILE),
+            planes[p], walk, predictor, template, digests[p],
             secret, px.lo, px.hi, options.max_copies, where,
         )
         out_planes[p] = emb.watermarked
@@ -214,7 +227,7 @@ def embed_dataset(
 
     # Self-check (invariant 3): read the result back as a verifier would.
     t = time.perf_counter()
-    check, restored = _verify(out, keys, reembed=False, predictor_hint=predictor)
+    check, restored = _verify(out, keys, reembed=False, predictor_hint=predictor, walks_hint=walks)
     if check.status is not VerifyStatus.AUTHENTIC or restored is None or not np.array_equal(restored, px.samples):
         raise SelfCheckFailed(
             f"self-check failed ({check.status.value}{': ' + check.error if check.error else ''}); nothing was written"
@@ -264,8 +277,18 @@ def _plane_tiles(frame: int, rows: int, cols: int, bad: np.ndarray | None = None
 
 
 def _verify(
-    ds: Dataset, keys: KeyStore, *, reembed: bool = True, predictor_hint: Predictor | None = None
+    ds: Dataset,
+    keys: KeyStore,
+    *,
+    reembed: bool = True,
+    predictor_hint: Predictor | None = None,
+    walks_hint: list[WalkOrder] | None = None,
 ) -> tuple[VerifyResult, np.ndarray | None]:
+    """Verify; also return the restored samples when they can be computed.
+
+    ``walks_hint`` lets the embedder's self-check reuse its A walks: they
+    were computed from the original B lattice, and the self-check's final
+    comparison (restored == original) fails if that lattice changed."""
     try:
         px = read_samples(ds)
         header = read_watermark_header(ds)
@@ -281,7 +304,7 @@ def _verify(
     readings: list[PlaneReading] = []
     predictor: Predictor | None = None
     for predictor in _candidate_predictors(header, predictor_hint):
-        walks = _walks(planes, predictor, px.lo, px.hi)
+        walks = walks_hint if walks_hint is not None else _walks(planes, predictor, px.lo, px.hi)
         readings = [
             read_plane(planes[p], w, predictor, lookup, px.lo, px.hi) for p, w in enumerate(walks)
         ]
@@ -317,6 +340,8 @@ def _verify(
     restored_planes = planes.copy()
     payload_bits = 0
     grid = tile_grid(rows, cols, TILE)
+    dtype = canonical_dtype(px.bits_stored, px.signed)
+    all_digests: list[bytes] = []
     for p, reading in enumerate(readings):
         frame, channel = divmod(p, ch_count)
         if reading.restored is None or any((b.frame, b.channel) != (frame, channel) for b in reading.blocks):
@@ -324,7 +349,8 @@ def _verify(
             continue
         payload_bits += sum(8 * b.encoded_length() * b.copies for b in reading.blocks)
         restored_planes[p] = reading.restored
-        expected = tile_macs(secret, ref.record_uuid, frame, channel, reading.restored, TILE)
+        expected = tile_digests(secret, ref.record_uuid, frame, channel, reading.restored, TILE, dtype)
+        all_digests.extend(expected)
         carried: dict[int, bytes] = {}
         for b in reading.blocks:
             for i in range(len(b.tile_macs) // b.tile_mac_len):
@@ -333,7 +359,6 @@ def _verify(
             if i not in carried or expected[i][: len(carried[i])] != carried[i]:
                 tampered.add((frame, *tile))
     restored = _from_planes(restored_planes, px.samples.shape)
-    samples_bytes = canonical_samples(restored)
     result.payload_bits = payload_bits
     if not tampered and reembed:
         for p, reading in enumerate(readings):
@@ -346,11 +371,11 @@ def _verify(
         result.tampered_tiles = [list(t) for t in sorted(tampered)]
         result.error = f"{len(tampered)} tile(s) do not match their MAC"
         return result, restored
-    if instance_mac(secret, identity_bytes(ds), ref.record_uuid, samples_bytes) != ref.instance_mac:
+    if instance_mac(secret, identity_bytes(ds), ref.record_uuid, all_digests) != ref.instance_mac:
         result.status = VerifyStatus.INVALID
         result.error = "instance MAC mismatch: identifying attributes changed (not localisable to tiles)"
         return result, restored
-    result.original_sample_sha256 = hashlib.sha256(samples_bytes).hexdigest()
+    result.original_sample_sha256 = hashlib.sha256(canonical_samples(restored, dtype)).hexdigest()
     return result, restored
 
 

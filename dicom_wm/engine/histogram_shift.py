@@ -24,6 +24,7 @@ extraction equal those of embedding.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,15 +50,19 @@ class WalkOrder:
     pred: np.ndarray  # int64 predictions at those positions
 
 
+@functools.lru_cache(maxsize=16)
+def _a_lattice_index(rows: int, cols: int) -> np.ndarray:
+    """Flat indices of the A lattice ((row + col) even), raster order."""
+    idx = np.arange(rows * cols, dtype=np.int64).reshape(rows, cols)
+    out = idx[((np.arange(rows)[:, None] + np.arange(cols)[None, :]) & 1) == 0]
+    out.setflags(write=False)
+    return out
+
+
 def walk_order(pred: np.ndarray, cost: np.ndarray, lo: int, hi: int) -> WalkOrder:
     """Walk order of one plane from its prediction and complexity maps."""
-    rows, cols = pred.shape
-    flat_pred = pred.reshape(-1)
-    # A lattice: (r + c) even. Row r starts at offset r % 2.
-    a_idx = (np.arange(rows)[:, None] * cols + np.arange(cols)[None, :])[
-        ((np.arange(rows)[:, None] + np.arange(cols)[None, :]) & 1) == 0
-    ]
-    p = flat_pred[a_idx]
+    a_idx = _a_lattice_index(*pred.shape)
+    p = pred.reshape(-1)[a_idx]
     ok = (p >= lo + 3) & (p <= hi - 2)
     a_idx = a_idx[ok]
     p = p[ok]

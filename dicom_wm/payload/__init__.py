@@ -1,7 +1,7 @@
 """Payload format (versioned, docs/format.md) and its MACs."""
 
 from dicom_wm.payload.block import FORMAT_VERSION, TILE, BlockError, PlaneBlock, decode_block, encode_block
-from dicom_wm.payload.mac import canonical_samples, identity_bytes, instance_mac, tile_grid, tile_macs
+from dicom_wm.payload.mac import canonical_dtype, canonical_samples, identity_bytes, instance_mac, tile_digests, tile_grid
 
 __all__ = [
     "FORMAT_VERSION",
@@ -10,9 +10,10 @@ __all__ = [
     "PlaneBlock",
     "decode_block",
     "encode_block",
+    "canonical_dtype",
     "canonical_samples",
     "identity_bytes",
     "instance_mac",
     "tile_grid",
-    "tile_macs",
+    "tile_digests",
 ]

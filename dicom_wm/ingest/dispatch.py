@@ -1,0 +1,238 @@
+"""From committed rows to the queue, and back again after a crash.
+
+The SCP calls :meth:`Dispatcher.enqueue` after each commit; that only puts
+the id on an in-memory queue, so the association thread returns at once. The
+dispatcher thread marks the rows QUEUED (one transaction per batch, with
+``queued`` events) and hands the ids to the backend: the embedded pool
+(:mod:`dicom_wm.ingest.pool`) or Celery (:mod:`workers.app`).
+
+The database is the source of truth. On start every row not in a final state
+is queued again; every ``reconcile_interval_s`` rows left RECEIVED (the
+backend refused them, e.g. the broker was down) and rows WATERMARKING for
+longer than ``stale_after_s`` (their worker died) are queued again. A
+duplicate delivery is harmless: the task is idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import Protocol
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicom_wm.db.models import PENDING_STATES, EventKind, Instance, InstanceState, utcnow
+from dicom_wm.ingest.events import add_event
+
+__all__ = ["Backend", "Dispatcher", "pending_instance_ids", "stuck_instance_ids"]
+
+log = logging.getLogger(__name__)
+
+_BATCH = 200
+RECEIVED_GRACE_S = 30.0
+
+
+class Backend(Protocol):
+    """Where queued ids go. ``submit`` may raise; the row then stays RECEIVED
+    and the reconciler tries again."""
+
+    name: str
+
+    def submit(self, instance_id: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def pending_instance_ids(sessions: sessionmaker[Session]) -> list[int]:
+    """Ids of every row not in a final state, oldest first."""
+    with sessions() as session:
+        return list(
+            session.scalars(select(Instance.id).where(Instance.state.in_(PENDING_STATES)).order_by(Instance.id))
+        )
+
+
+def stuck_instance_ids(sessions: sessionmaker[Session], *, received_grace_s: float, stale_after_s: float) -> list[int]:
+    """RECEIVED rows older than ``received_grace_s`` and WATERMARKING rows
+    claimed longer than ``stale_after_s`` ago."""
+    now = utcnow()
+    with sessions() as session:
+        return list(
+            session.scalars(
+                select(Instance.id)
+                .where(
+                    or_(
+                        (Instance.state == InstanceState.RECEIVED)
+                        & (Instance.updated_at < now - timedelta(seconds=received_grace_s)),
+                        (Instance.state == InstanceState.WATERMARKING)
+                        & (Instance.claimed_at < now - timedelta(seconds=stale_after_s)),
+                    )
+                )
+                .order_by(Instance.id)
+            )
+        )
+
+
+class Dispatcher:
+    """Moves committed instance ids to a backend, from one thread."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        backend: Backend,
+        *,
+        queue_name: str = "embed",
+        actor: str = "dispatcher",
+        reconcile_interval_s: float = 60.0,
+        stale_after_s: float = 900.0,
+    ) -> None:
+        self._sessions = sessions
+        self._backend = backend
+        self._queue_name = queue_name
+        self._actor = actor
+        self._reconcile_interval_s = reconcile_interval_s
+        self._stale_after_s = stale_after_s
+        self._ids: queue.Queue[tuple[int, str | None]] = queue.Queue()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._idle = threading.Event()
+        self._idle.set()
+
+    # -- public -------------------------------------------------------------------
+
+    def start(self, *, requeue_pending: bool = True) -> int:
+        """Start the thread; first queue every non-final row again. Returns
+        how many rows were re-queued."""
+        count = 0
+        if requeue_pending:
+            ids = pending_instance_ids(self._sessions)
+            for instance_id in ids:
+                self._ids.put((instance_id, "restart"))
+            count = len(ids)
+            if count:
+                log.info("re-queueing %d instance(s) not in a final state", count)
+        self._thread = threading.Thread(target=self._run, name="dicom-wm-dispatcher", daemon=True)
+        self._thread.start()
+        return count
+
+    def enqueue(self, instance_id: int, reason: str | None = None) -> None:
+        """Queue a committed row (cheap; called from association threads)."""
+        self._idle.clear()
+        self._ids.put((instance_id, reason))
+
+    def enqueue_many(self, ids: Iterable[int], reason: str) -> None:
+        for instance_id in ids:
+            self.enqueue(instance_id, reason)
+
+    def reconcile(self) -> int:
+        """Queue rows that are stuck (see the module docstring) again."""
+        try:
+            ids = stuck_instance_ids(
+                self._sessions, received_grace_s=RECEIVED_GRACE_S, stale_after_s=self._stale_after_s
+            )
+        except SQLAlchemyError as exc:
+            log.warning("reconcile: database unavailable: %s", exc)
+            return 0
+        if ids:
+            log.warning("re-queueing %d stuck instance(s)", len(ids))
+            self.enqueue_many(ids, "stuck")
+        return len(ids)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Until everything enqueued so far was handed to the backend (tests)."""
+        return self._idle.wait(timeout)
+
+    # -- the thread ----------------------------------------------------------------
+
+    def _run(self) -> None:
+        next_reconcile = time.monotonic() + self._reconcile_interval_s
+        while not self._stop.is_set():
+            batch = self._take_batch(timeout=0.2)
+            if batch:
+                self._dispatch(batch)
+            elif self._ids.empty():
+                self._idle.set()
+            if time.monotonic() >= next_reconcile:
+                next_reconcile = time.monotonic() + self._reconcile_interval_s
+                self.reconcile()
+
+    def _take_batch(self, timeout: float) -> list[tuple[int, str | None]]:
+        try:
+            first = self._ids.get(timeout=timeout)
+        except queue.Empty:
+            return []
+        batch = [first]
+        while len(batch) < _BATCH:
+            try:
+                batch.append(self._ids.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _dispatch(self, batch: list[tuple[int, str | None]]) -> None:
+        reasons = dict(batch)  # one entry per id; a later reason wins
+        ids = sorted(reasons)
+        try:
+            ids = self._mark_queued(ids, reasons)
+        except SQLAlchemyError as exc:
+            # The rows stay RECEIVED; the reconciler picks them up again.
+            log.error("could not mark %d instance(s) QUEUED: %s", len(ids), exc)
+            return
+        failed: list[int] = []
+        for instance_id in ids:
+            try:
+                self._backend.submit(instance_id)
+            except Exception as exc:  # the broker being down must not kill the thread
+                log.error("could not queue instance %d on %s: %s", instance_id, self._backend.name, exc)
+                failed.append(instance_id)
+        if failed:
+            self._unmark(failed)
+
+    def _mark_queued(self, ids: list[int], reasons: dict[int, str | None]) -> list[int]:
+        """Mark RECEIVED rows QUEUED, add the events; returns the ids still pending."""
+        with self._sessions() as session:
+            rows = session.execute(
+                select(Instance.id, Instance.sop_instance_uid, Instance.state).where(Instance.id.in_(ids))
+            ).all()
+            session.execute(
+                update(Instance)
+                .where(Instance.id.in_(ids), Instance.state == InstanceState.RECEIVED)
+                .values(state=InstanceState.QUEUED, updated_at=utcnow())
+            )
+            pending: list[int] = []
+            for row in rows:
+                if row.state not in PENDING_STATES:
+                    continue
+                pending.append(row.id)
+                details: dict[str, object] = {"queue": self._queue_name, "backend": self._backend.name}
+                if reasons.get(row.id):
+                    details["requeue"] = reasons[row.id]
+                add_event(
+                    session, EventKind.QUEUED, actor=self._actor, instance_id=row.id,
+                    sop_instance_uid=row.sop_instance_uid, details=details,
+                )
+            session.commit()
+        return sorted(pending)
+
+    def _unmark(self, ids: list[int]) -> None:
+        try:
+            with self._sessions() as session:
+                session.execute(
+                    update(Instance)
+                    .where(Instance.id.in_(ids), Instance.state == InstanceState.QUEUED)
+                    .values(state=InstanceState.RECEIVED, updated_at=utcnow(),
+                            last_error=f"could not queue on {self._backend.name}")
+                )
+                session.commit()
+        except SQLAlchemyError as exc:
+            log.error("could not put %d instance(s) back to RECEIVED: %s", len(ids), exc)

@@ -1,0 +1,160 @@
+"""The embedded mode's worker pool: the task function in local processes.
+
+``dicom-wm serve`` without a broker runs :func:`dicom_wm.ingest.task.process_instance`
+in a :class:`~concurrent.futures.ProcessPoolExecutor` (spawned processes, each
+with its own database engine and key store, at a lower CPU priority so the
+association threads stay responsive), or in threads with ``pool = "thread"``.
+Transient failures are retried with exponential backoff; a pool whose process
+died (OOM, kill -9) is replaced and every non-final row is queued again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import get_context
+from typing import Any
+
+from dicom_wm.ingest.task import Outcome, TaskResult, WorkerContext, process_instance
+from dicom_wm.settings import PoolKind, Settings
+
+__all__ = ["EmbeddedPool", "retry_delay"]
+
+log = logging.getLogger(__name__)
+
+POOL_NICE = 10  # embedding yields the CPU to reception
+
+_child_ctx: WorkerContext | None = None
+
+
+def retry_delay(settings: Settings, attempt: int) -> float:
+    """Seconds before retry number ``attempt + 1`` (exponential, capped)."""
+    return float(min(settings.retry_backoff_max_s, settings.retry_backoff_s * (2**attempt)))
+
+
+def _init_child(settings_values: dict[str, Any], log_level: str) -> None:
+    global _child_ctx
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s [%(processName)s] %(name)s: %(message)s")
+    try:
+        os.nice(POOL_NICE)
+    except OSError:
+        pass
+    _child_ctx = WorkerContext(Settings(**settings_values))
+
+
+def _run_child(instance_id: int, final_attempt: bool) -> TaskResult:
+    if _child_ctx is None:
+        raise RuntimeError("pool process not initialised")
+    return process_instance(_child_ctx, instance_id, final_attempt=final_attempt)
+
+
+class EmbeddedPool:
+    """A :class:`~dicom_wm.ingest.dispatch.Backend` running tasks locally."""
+
+    name = "embedded"
+
+    def __init__(self, settings: Settings, *, on_broken: Callable[[], None] | None = None) -> None:
+        self._settings = settings
+        self._on_broken = on_broken
+        self._lock = threading.Lock()
+        self._closed = False
+        self._timers: set[threading.Timer] = set()
+        self._in_flight = 0
+        self._done = threading.Condition(self._lock)
+        self._ctx = WorkerContext(settings) if settings.pool is PoolKind.THREAD else None
+        self._executor = self._new_executor()
+
+    def _new_executor(self) -> Executor:
+        n = self._settings.worker_count
+        if self._settings.pool is PoolKind.THREAD:
+            return ThreadPoolExecutor(max_workers=n, thread_name_prefix="dicom-wm-worker")
+        values = self._settings.model_dump()
+        return ProcessPoolExecutor(
+            max_workers=n,
+            mp_context=get_context("spawn"),
+            initializer=_init_child,
+            initargs=(values, self._settings.log_level),
+        )
+
+    def set_on_broken(self, callback: Callable[[], None]) -> None:
+        self._on_broken = callback
+
+    def submit(self, instance_id: int, attempt: int = 0) -> None:
+        final = attempt >= self._settings.max_retries
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the worker pool is closed")
+            executor = self._executor
+            self._in_flight += 1
+        try:
+            if self._ctx is not None:
+                future = executor.submit(process_instance, self._ctx, instance_id, final_attempt=final)
+            else:
+                future = executor.submit(_run_child, instance_id, final)
+        except BaseException:
+            self._finished()
+            raise
+        future.add_done_callback(lambda f: self._done_callback(f, instance_id, attempt, executor))
+
+    def _finished(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+            self._done.notify_all()
+
+    def _done_callback(self, future: Future[TaskResult], instance_id: int, attempt: int, executor: Executor) -> None:
+        try:
+            try:
+                result = future.result()
+            except BrokenProcessPool:
+                self._replace(executor)
+                return
+            except Exception:
+                log.exception("instance %d: task raised", instance_id)
+                return
+            if result.outcome is Outcome.RETRY and attempt < self._settings.max_retries:
+                delay = retry_delay(self._settings, attempt)
+                timer = threading.Timer(delay, self._retry, (instance_id, attempt + 1))
+                timer.daemon = True
+                with self._lock:
+                    if self._closed:
+                        return
+                    self._timers.add(timer)
+                timer.start()
+        finally:
+            self._finished()
+
+    def _retry(self, instance_id: int, attempt: int) -> None:
+        with self._lock:
+            self._timers = {t for t in self._timers if t.is_alive() and t is not threading.current_thread()}
+        try:
+            self.submit(instance_id, attempt)
+        except RuntimeError:
+            pass
+
+    def _replace(self, broken: Executor) -> None:
+        with self._lock:
+            if self._closed or self._executor is not broken:
+                return  # already replaced by another callback
+            log.error("a worker process died; starting a new pool and re-queueing unfinished instances")
+            self._executor = self._new_executor()
+        broken.shutdown(wait=False, cancel_futures=True)
+        if self._on_broken is not None:
+            self._on_broken()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Until no task is running or waiting (tests, shutdown)."""
+        with self._lock:
+            return self._done.wait_for(lambda: self._in_flight == 0 and not self._timers, timeout)
+
+    def close(self, wait: bool = True) -> None:
+        with self._lock:
+            self._closed = True
+            timers = list(self._timers)
+            executor = self._executor
+        for timer in timers:
+            timer.cancel()
+        executor.shutdown(wait=wait, cancel_futures=not wait)

@@ -1,0 +1,373 @@
+"""The watermark task: one instance id in, one final state out.
+
+The same function runs in the embedded pool and in Celery workers. It takes
+an id (never an ORM object), re-reads the row, and is idempotent:
+
+1. a row already in a final state is left alone;
+2. the row is *claimed*: state WATERMARKING with a fresh claim token (a
+   duplicate delivery may take a row over from a crashed worker);
+3. the spooled file is read and watermarked (the engine self-checks);
+4. the result goes into the archive under a name unique to this attempt
+   (temp, fsync, rename);
+5. the row is finished in one transaction *only if this attempt's token is
+   still the row's*: state, hashes, key id, record UUID, versions, timings,
+   worker host, plus the event. A superseded attempt deletes its file;
+6. the spool copy is removed.
+
+So every instance reaches exactly one final state and one final event, even
+with crashes and duplicate messages. Instances without pixel data are
+SKIPPED and archived as received; instances the engine refuses are FAILED
+with the reason, also archived as received. I/O, database and key-store
+errors are transient: :class:`Outcome.RETRY` until the caller's last
+attempt, then FAILED.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+import dicom_wm
+from dicom_wm.db.engine import get_sessionmaker
+from dicom_wm.db.models import FINAL_STATES, PENDING_STATES, EventKind, Instance, InstanceState, utcnow
+from dicom_wm.errors import InsufficientCapacity, KeyStoreError, SelfCheckFailed, UnsupportedInput
+from dicom_wm.fileio import atomic_write_bytes, atomic_write_dataset, read_dataset, sha256_file
+from dicom_wm.ingest.events import add_event
+from dicom_wm.ingest.layout import archive_relpath, new_token
+from dicom_wm.keys import KeyStore
+from dicom_wm.settings import Settings
+
+__all__ = ["Outcome", "TaskResult", "WorkerContext", "process_instance", "PIXEL_DATA_KEYWORDS"]
+
+log = logging.getLogger(__name__)
+
+PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
+class Outcome(str, enum.Enum):
+    WATERMARKED = "watermarked"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+    RETRY = "retry"  # transient error; call again later
+    ALREADY_FINAL = "already_final"  # nothing to do (duplicate delivery)
+    SUPERSEDED = "superseded"  # another attempt took the row over
+    MISSING = "missing"  # no such row
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    instance_id: int
+    outcome: Outcome
+    reason: str | None = None
+
+
+@dataclass
+class WorkerContext:
+    """What a worker process needs, built once per process."""
+
+    settings: Settings
+    host: str = field(default_factory=socket.gethostname)
+    _keys: KeyStore | None = None
+    _keys_stamp: tuple[int, int] | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def sessions(self) -> sessionmaker[Session]:
+        return get_sessionmaker(self.settings.db_url)
+
+    @property
+    def actor(self) -> str:
+        return f"worker@{self.host}:{os.getpid()}"
+
+    def keys(self) -> KeyStore:
+        """The key store, re-read when its file changes (rotation)."""
+        path = self.settings.keys_path
+        try:
+            st = path.stat()
+        except OSError:
+            raise KeyStoreError(f"key store {path} not found (serve creates it on first start)") from None
+        stamp = (st.st_mtime_ns, st.st_size)
+        with self._lock:
+            if self._keys is None or stamp != self._keys_stamp:
+                self._keys = KeyStore.load(path)
+                self._keys_stamp = stamp
+            return self._keys
+
+
+@functools.lru_cache(maxsize=8)
+def _predictor_version(name: str) -> str | None:
+    from dicom_wm.engine import get_predictor
+
+    try:
+        return str(get_predictor(name).version)
+    except Exception:  # provenance detail only; never fail a finished embed over it
+        return None
+
+
+def process_instance(ctx: WorkerContext, instance_id: int, *, final_attempt: bool = False) -> TaskResult:
+    """Watermark instance ``instance_id`` (see the module docstring)."""
+    try:
+        claimed = _claim(ctx, instance_id)
+    except SQLAlchemyError as exc:
+        return _transient(ctx, instance_id, None, f"database: {_short(exc)}", final_attempt)
+    if isinstance(claimed, TaskResult):
+        return claimed
+    row, token = claimed
+    started = time.perf_counter()
+    try:
+        return _run(ctx, row, token, started)
+    except (OSError, SQLAlchemyError, KeyStoreError) as exc:
+        kind = "database" if isinstance(exc, SQLAlchemyError) else "key store" if isinstance(exc, KeyStoreError) else "I/O"
+        return _transient(ctx, instance_id, token, f"{kind}: {_short(exc)}", final_attempt)
+    except Exception as exc:  # a bug must not leave the row stuck
+        log.exception("instance %d: unexpected error", instance_id)
+        return _fail(ctx, row, token, f"internal error: {type(exc).__name__}: {_short(exc)}", {})
+
+
+# -- steps ---------------------------------------------------------------------------
+
+
+def _claim(ctx: WorkerContext, instance_id: int) -> tuple[Instance, str] | TaskResult:
+    token = uuid.uuid4().hex
+    with ctx.sessions() as session:
+        row = session.get(Instance, instance_id)
+        if row is None:
+            log.warning("instance %d: no such row", instance_id)
+            return TaskResult(instance_id, Outcome.MISSING)
+        if row.state in FINAL_STATES:
+            return TaskResult(instance_id, Outcome.ALREADY_FINAL)
+        now = utcnow()
+        res = session.execute(
+            update(Instance)
+            .where(Instance.id == instance_id, Instance.state.in_(PENDING_STATES))
+            .values(
+                state=InstanceState.WATERMARKING,
+                claim_token=token,
+                claimed_at=now,
+                updated_at=now,
+                attempts=Instance.attempts + 1,
+                worker_host=ctx.host,
+            )
+        )
+        session.commit()
+        if res.rowcount != 1:
+            return TaskResult(instance_id, Outcome.ALREADY_FINAL)
+        session.refresh(row)
+        return row, token
+
+
+def _run(ctx: WorkerContext, row: Instance, token: str, started: float) -> TaskResult:
+    from dicom_wm.watermark import EmbedOptions, embed_dataset
+
+    data_dir = ctx.settings.data_dir
+    if not row.spool_path:
+        return _fail(ctx, row, token, "no spool file recorded for this instance", {})
+    spool = data_dir / row.spool_path
+    if not spool.exists():
+        return _fail(ctx, row, token, f"spool file {row.spool_path} is missing", {})
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    try:
+        ds = read_dataset(spool)
+    except UnsupportedInput as exc:
+        return _store_as_received(ctx, row, token, InstanceState.FAILED, f"unreadable: {exc}", timings)
+    timings["read"] = time.perf_counter() - t
+
+    if not any(k in ds for k in PIXEL_DATA_KEYWORDS):
+        return _store_as_received(ctx, row, token, InstanceState.SKIPPED, "no pixel data to protect", timings)
+
+    keys = ctx.keys()
+    record = uuid.uuid4()
+    t = time.perf_counter()
+    try:
+        result = embed_dataset(ds, keys, record_uuid=record, options=EmbedOptions(predictor=ctx.settings.predictor.value))
+    except (UnsupportedInput, InsufficientCapacity, SelfCheckFailed) as exc:
+        timings["embed"] = time.perf_counter() - t
+        kind = type(exc).__name__
+        return _store_as_received(ctx, row, token, InstanceState.FAILED, f"{kind}: {exc}", timings)
+    timings["embed"] = time.perf_counter() - t
+    timings.update({f"engine_{k}": v for k, v in result.timings.items()})
+
+    rel = archive_relpath(row.study_instance_uid, row.series_instance_uid, row.sop_instance_uid, row.version, token[:12])
+    target = data_dir / rel
+    t = time.perf_counter()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_dataset(result.dataset, target)
+    stored_sha = sha256_file(target)
+    timings["write"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - started
+
+    values: dict[str, Any] = {
+        "state": InstanceState.WATERMARKED,
+        "state_reason": None,
+        "archive_path": str(rel),
+        "stored_transfer_syntax_uid": str(result.dataset.file_meta.TransferSyntaxUID),
+        "stored_size": target.stat().st_size,
+        "stored_sha256": stored_sha,
+        "key_id": result.key_id,
+        "record_uuid": str(result.record_uuid),
+        "original_sample_sha256": result.original_sample_sha256,
+        "engine_version": dicom_wm.__version__,
+        "predictor": result.predictor,
+        "predictor_version": _predictor_version(result.predictor),
+        "model_sha256": result.model_sha256,
+        "payload_bits": int(result.payload_bits),
+        "capacity_bits": int(result.capacity_bits),
+        "psnr_db": float(result.psnr_db) if result.psnr_db != float("inf") else None,
+        "max_abs_delta": int(result.max_abs_delta),
+        "lossy_source": bool(result.lossy_source),
+        "timings": _round(timings),
+    }
+    details = {
+        "record_uuid": values["record_uuid"],
+        "key_id": result.key_id,
+        "psnr_db": values["psnr_db"],
+        "max_abs_delta": values["max_abs_delta"],
+        "payload_bits": values["payload_bits"],
+        "capacity_bits": values["capacity_bits"],
+        "predictor": result.predictor,
+        "archive_path": str(rel),
+        "stored_sha256": stored_sha,
+        "total_s": values["timings"]["total"],
+    }
+    return _finish(ctx, row, token, values, EventKind.WATERMARKED, details, target, Outcome.WATERMARKED)
+
+
+def _store_as_received(
+    ctx: WorkerContext, row: Instance, token: str, state: InstanceState, reason: str, timings: dict[str, float]
+) -> TaskResult:
+    """Archive the received bytes unchanged and finish as FAILED / SKIPPED."""
+    data_dir = ctx.settings.data_dir
+    rel = archive_relpath(row.study_instance_uid, row.series_instance_uid, row.sop_instance_uid, row.version, token[:12])
+    target = data_dir / rel
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _copy_atomic(data_dir / str(row.spool_path), target)
+    values: dict[str, Any] = {
+        "state": state,
+        "state_reason": reason,
+        "archive_path": str(rel),
+        "stored_transfer_syntax_uid": row.received_transfer_syntax_uid,
+        "stored_size": target.stat().st_size,
+        "stored_sha256": row.received_sha256,
+        "engine_version": dicom_wm.__version__,
+        "timings": _round(timings),
+    }
+    kind = EventKind.SKIPPED if state is InstanceState.SKIPPED else EventKind.FAILED
+    outcome = Outcome.SKIPPED if state is InstanceState.SKIPPED else Outcome.FAILED
+    details = {"reason": reason, "archive_path": str(rel), "stored": "as received"}
+    log.log(logging.INFO if outcome is Outcome.SKIPPED else logging.WARNING,
+            "instance %d (%s) %s: %s", row.id, row.sop_instance_uid, state.value, reason)
+    return _finish(ctx, row, token, values, kind, details, target, outcome)
+
+
+def _fail(ctx: WorkerContext, row: Instance, token: str, reason: str, timings: dict[str, float]) -> TaskResult:
+    """FAILED; archives the received bytes when the spool still has them."""
+    spool = ctx.settings.data_dir / row.spool_path if row.spool_path else None
+    if spool is not None and spool.exists():
+        try:
+            return _store_as_received(ctx, row, token, InstanceState.FAILED, reason, timings)
+        except (OSError, SQLAlchemyError) as exc:
+            log.error("instance %d: could not archive the received file: %s", row.id, exc)
+    values = {"state": InstanceState.FAILED, "state_reason": reason, "engine_version": dicom_wm.__version__}
+    return _finish(ctx, row, token, values, EventKind.FAILED, {"reason": reason}, None, Outcome.FAILED)
+
+
+def _finish(
+    ctx: WorkerContext,
+    row: Instance,
+    token: str,
+    values: dict[str, Any],
+    kind: EventKind,
+    details: dict[str, Any],
+    written: Path | None,
+    outcome: Outcome,
+) -> TaskResult:
+    now = utcnow()
+    values = {**values, "finished_at": now, "updated_at": now, "spool_path": None, "last_error": None,
+              "worker_host": ctx.host}
+    with ctx.sessions() as session:
+        res = session.execute(
+            update(Instance)
+            .where(
+                Instance.id == row.id,
+                Instance.claim_token == token,
+                Instance.state == InstanceState.WATERMARKING,
+            )
+            .values(**values)
+        )
+        if res.rowcount != 1:
+            session.rollback()
+            if written is not None:
+                _unlink(written)
+            log.info("instance %d: attempt superseded by another worker; result discarded", row.id)
+            return TaskResult(row.id, Outcome.SUPERSEDED)
+        add_event(
+            session, kind, actor=ctx.actor, instance_id=row.id, sop_instance_uid=row.sop_instance_uid,
+            details={**details, "worker_host": ctx.host, "attempt": row.attempts},
+        )
+        session.commit()
+    if row.spool_path:
+        _unlink(ctx.settings.data_dir / row.spool_path)
+    return TaskResult(row.id, outcome, values.get("state_reason"))
+
+
+def _transient(ctx: WorkerContext, instance_id: int, token: str | None, reason: str, final_attempt: bool) -> TaskResult:
+    if final_attempt and token is not None:
+        with ctx.sessions() as session:
+            row = session.get(Instance, instance_id)
+        if row is not None:
+            return _fail(ctx, row, token, f"gave up after retries: {reason}", {})
+    log.warning("instance %d: transient failure, will retry: %s", instance_id, reason)
+    if token is not None:
+        try:
+            with ctx.sessions() as session:
+                session.execute(
+                    update(Instance)
+                    .where(Instance.id == instance_id, Instance.claim_token == token,
+                           Instance.state == InstanceState.WATERMARKING)
+                    .values(state=InstanceState.QUEUED, last_error=reason, updated_at=utcnow())
+                )
+                session.commit()
+        except SQLAlchemyError as exc:
+            log.warning("instance %d: could not record the transient error: %s", instance_id, _short(exc))
+    return TaskResult(instance_id, Outcome.RETRY, reason)
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    with open(src, "rb") as fh:
+        data = fh.read()
+    atomic_write_bytes(data, dst)
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.error("could not remove %s: %s", path, exc)
+
+
+def _round(timings: dict[str, float]) -> dict[str, float]:
+    return {k: round(float(v), 6) for k, v in timings.items()}
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:300]
