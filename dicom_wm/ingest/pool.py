@@ -63,6 +63,7 @@ class EmbeddedPool:
         self._lock = threading.Lock()
         self._closed = False
         self._timers: set[threading.Timer] = set()
+        self._quick_restarts = 0  # pool breaks with no task finished in between
         self._in_flight = 0
         self._done = threading.Condition(self._lock)
         self._ctx = WorkerContext(settings) if settings.pool is PoolKind.THREAD else None
@@ -115,6 +116,7 @@ class EmbeddedPool:
             except Exception:
                 log.exception("instance %d: task raised", instance_id)
                 return
+            self._quick_restarts = 0
             if result.outcome is Outcome.RETRY and attempt < self._settings.max_retries:
                 delay = retry_delay(self._settings, attempt)
                 timer = threading.Timer(delay, self._retry, (instance_id, attempt + 1))
@@ -141,9 +143,14 @@ class EmbeddedPool:
                 return  # already replaced by another callback
             log.error("a worker process died; starting a new pool and re-queueing unfinished instances")
             self._executor = self._new_executor()
+            delay = min(60.0, float(2**self._quick_restarts) - 1.0)
+            self._quick_restarts += 1
         broken.shutdown(wait=False, cancel_futures=True)
         if self._on_broken is not None:
-            self._on_broken()
+            # back off when pools keep breaking before any task finishes
+            timer = threading.Timer(delay, self._on_broken)
+            timer.daemon = True
+            timer.start()
 
     def wait_idle(self, timeout: float) -> bool:
         """Until no task is running or waiting (tests, shutdown)."""

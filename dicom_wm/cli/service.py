@@ -1,0 +1,301 @@
+"""Service commands: serve, worker, status, show, db upgrade.
+
+Registered on the main app by ``dicom_wm.cli.app`` with :func:`register`.
+Every command takes ``--data-dir`` and ``--db`` (env ``DICOM_WM_DATA_DIR``,
+``DICOM_WM_DB``) and ``--config`` (TOML; env ``DICOM_WM_CONFIG``); flags
+override the environment, which overrides the file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from dicom_wm.settings import Settings, load_settings
+
+__all__ = ["register", "db_app"]
+
+log = logging.getLogger("dicom_wm.service")
+
+DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="data dir [env DICOM_WM_DATA_DIR; default ./dicom-wm-data]")]
+DbOpt = Annotated[str | None, typer.Option("--db", help="SQLAlchemy URL [env DICOM_WM_DB; default SQLite in the data dir]")]
+BrokerOpt = Annotated[str | None, typer.Option("--broker", help="Celery broker URL, e.g. redis://host:6379/0 [env DICOM_WM_BROKER]")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML config file [env DICOM_WM_CONFIG]")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+
+db_app = typer.Typer(help="Provenance database maintenance.", no_args_is_help=True)
+
+
+def _settings(config: Path | None, **overrides: Any) -> Settings:
+    try:
+        return load_settings(config, **overrides)
+    except (ValidationError, ValueError) as exc:
+        typer.echo(f"error: invalid configuration: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s [%(processName)s] %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+    if settings.log_level != "DEBUG":
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+# -- serve -----------------------------------------------------------------------------
+
+
+def serve(
+    host: Annotated[str | None, typer.Option("--host", help="address to listen on [default 0.0.0.0]")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="DICOM port [default 11112]")] = None,
+    ae_title: Annotated[str | None, typer.Option("--ae-title", help="our AE title [default DICOMWM]")] = None,
+    data_dir: DataDirOpt = None,
+    db: DbOpt = None,
+    broker: BrokerOpt = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="embedded worker processes [default: CPU count]")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Run the DICOM service: Storage SCP, queue, and (without --broker) the workers."""
+    settings = _settings(config, host=host, port=port, ae_title=ae_title, data_dir=data_dir, db=db,
+                         broker=broker, workers=workers)
+    _logging(settings)
+    from dicom_wm.db.engine import get_sessionmaker
+    from dicom_wm.errors import KeyStoreError
+    from dicom_wm.ingest.dispatch import Dispatcher, pending_instance_ids
+    from dicom_wm.ingest.runtime import SchemaOutOfDate, clean_spool, ensure_keys, ensure_schema, prepare_data_dir
+    from scp import ScpContext, start_server
+
+    log.info("effective configuration: %s", json.dumps(settings.redacted(), sort_keys=True))
+    try:
+        prepare_data_dir(settings)
+        ensure_keys(settings, create=True)
+        ensure_schema(settings, upgrade_sqlite=True)
+    except (SchemaOutOfDate, KeyStoreError, OSError) as exc:
+        raise _fail(str(exc), 2) from None
+    sessions = get_sessionmaker(settings.db_url)
+    clean_spool(settings, sessions)
+
+    backend: Any
+    if settings.embedded:
+        from dicom_wm.ingest.pool import EmbeddedPool
+
+        backend = EmbeddedPool(settings)
+    else:
+        from workers.app import CeleryBackend
+
+        backend = CeleryBackend(settings)
+    dispatcher = Dispatcher(
+        sessions, backend, queue_name=settings.queue, actor=f"{settings.ae_title}@dispatcher",
+        reconcile_interval_s=settings.reconcile_interval_s, stale_after_s=settings.stale_after_s,
+    )
+    if settings.embedded:
+        backend.set_on_broken(lambda: dispatcher.enqueue_many(pending_instance_ids(sessions), "pool restart"))
+    dispatcher.start(requeue_pending=True)
+
+    ctx = ScpContext(settings, sessions, dispatcher.enqueue, frozenset(settings.allowed_calling_aes))
+    try:
+        server = start_server(ctx)
+    except OSError as exc:
+        dispatcher.stop()
+        backend.close()
+        raise _fail(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}", 2) from None
+
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: Any) -> None:
+        log.info("received %s, shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    mode = "embedded, %d worker process(es)" % settings.worker_count if settings.embedded else "distributed"
+    log.info("dicom-wm ready (%s)", mode)
+    stop.wait()
+    server.shutdown()
+    dispatcher.stop()
+    backend.close()
+    log.info("stopped")
+
+
+# -- worker ----------------------------------------------------------------------------
+
+
+def worker(
+    data_dir: DataDirOpt = None,
+    db: DbOpt = None,
+    broker: BrokerOpt = None,
+    queues: Annotated[str | None, typer.Option("--queues", help="queues to consume [default embed,gpu]")] = None,
+    concurrency: Annotated[int | None, typer.Option("--concurrency", help="task processes [default: CPU count]")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Run a Celery worker (distributed mode) consuming the watermark queues."""
+    settings = _settings(config, data_dir=data_dir, db=db, broker=broker, queues=queues, workers=concurrency)
+    _logging(settings)
+    if settings.embedded:
+        raise _fail("a worker needs a broker (--broker or DICOM_WM_BROKER); without one, serve runs the workers", 2)
+    from dicom_wm.errors import KeyStoreError
+    from dicom_wm.ingest.runtime import SchemaOutOfDate, ensure_keys, ensure_schema, prepare_data_dir
+    from workers.app import app, configure
+
+    log.info("effective configuration: %s", json.dumps(settings.redacted(), sort_keys=True))
+    try:
+        prepare_data_dir(settings)
+        ensure_schema(settings, upgrade_sqlite=False)
+        ensure_keys(settings, create=False)
+    except (SchemaOutOfDate, KeyStoreError, OSError) as exc:
+        raise _fail(str(exc), 2) from None
+    configure(settings)
+    app.worker_main([
+        "worker",
+        "--queues", ",".join(settings.queues),
+        "--concurrency", str(settings.worker_count),
+        "--loglevel", settings.log_level,
+        "--hostname", f"dicom-wm-{os.getpid()}@%h",
+        "--without-mingle",
+        "--without-gossip",
+    ])
+
+
+# -- status / show -------------------------------------------------------------------
+
+
+def status(
+    data_dir: DataDirOpt = None,
+    db: DbOpt = None,
+    broker: BrokerOpt = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Instances per state, queue depth and the latest errors."""
+    settings = _settings(config, data_dir=data_dir, db=db, broker=broker)
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from dicom_wm.db.engine import get_sessionmaker
+    from dicom_wm.ingest.report import status_summary
+
+    depths = None
+    if not settings.embedded:
+        try:
+            from workers.app import queue_depths
+
+            depths = queue_depths(settings)
+        except Exception as exc:  # the broker being down is worth reporting, not crashing over
+            typer.echo(f"warning: broker unreachable: {exc}", err=True)
+    try:
+        summary = status_summary(get_sessionmaker(settings.db_url), depths)
+    except SQLAlchemyError as exc:
+        raise _fail(f"database unavailable: {str(exc).splitlines()[0]}") from None
+    if as_json:
+        typer.echo(json.dumps(summary, sort_keys=True))
+        return
+    console = Console()
+    table = Table(title=f"dicom-wm instances ({summary['total']} rows)")
+    table.add_column("state")
+    table.add_column("current versions", justify="right")
+    table.add_column("all rows", justify="right")
+    for state, count in summary["states"].items():
+        table.add_row(state, str(summary["current_states"][state]), str(count))
+    console.print(table)
+    depth = summary["queue_depth"]
+    line = f"waiting for a worker: {depth['waiting_rows']}, in progress: {depth['in_progress_rows']}"
+    if "broker" in depth:
+        line += ", broker queues: " + ", ".join(f"{k}={v}" for k, v in depth["broker"].items())
+    console.print(line)
+    if summary["last_errors"]:
+        errors = Table(title="latest errors")
+        for col in ("time", "SOP Instance UID", "v", "state", "error"):
+            errors.add_column(col)
+        for e in summary["last_errors"]:
+            errors.add_row(e["time"] or "", e["sop_instance_uid"], str(e["version"]), e["state"], e["error"] or "")
+        console.print(errors)
+
+
+def show(
+    sop_instance_uid: Annotated[str, typer.Argument(help="SOP Instance UID")],
+    data_dir: DataDirOpt = None,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Provenance and events of one instance (every received version)."""
+    settings = _settings(config, data_dir=data_dir, db=db)
+    from dicom_wm.db.engine import get_sessionmaker
+    from dicom_wm.ingest.report import instance_report
+
+    report = instance_report(get_sessionmaker(settings.db_url), sop_instance_uid)
+    if report is None:
+        raise _fail(f"no instance with SOP Instance UID {sop_instance_uid!r}")
+    if as_json:
+        typer.echo(json.dumps(report, sort_keys=True))
+        return
+    console = Console()
+    for version in report["versions"]:
+        table = Table(title=f"{sop_instance_uid} version {version['version']}"
+                      + (" (current)" if version["is_current"] else ""), show_header=False)
+        table.add_column("field")
+        table.add_column("value")
+        for key, value in version.items():
+            if value is not None:
+                table.add_row(key, json.dumps(value) if isinstance(value, dict) else str(value))
+        console.print(table)
+    events = Table(title="events")
+    for col in ("time", "kind", "actor", "details"):
+        events.add_column(col)
+    for e in report["events"]:
+        events.add_row(e["time"] or "", e["kind"], e["actor"] or "", json.dumps(e["details"], sort_keys=True))
+    console.print(events)
+
+
+# -- db ----------------------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    data_dir: DataDirOpt = None,
+    db: DbOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Create or migrate the database schema to the current version."""
+    settings = _settings(config, data_dir=data_dir, db=db)
+    _logging(settings)
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from dicom_wm.db import migrate
+    from dicom_wm.settings import redact_url
+
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        before = migrate.current_revision(settings.db_url)
+        migrate.upgrade(settings.db_url)
+        after = migrate.current_revision(settings.db_url)
+    except (SQLAlchemyError, OSError) as exc:
+        raise _fail(f"upgrade of {redact_url(settings.db_url)} failed: {str(exc).splitlines()[0]}") from None
+    typer.echo(f"{redact_url(settings.db_url)}: {before or 'empty'} -> {after}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add serve, worker, status, show and the db group to ``app``."""
+    app.command("serve")(serve)
+    app.command("worker")(worker)
+    app.command("status")(status)
+    app.command("show")(show)
+    app.add_typer(db_app, name="db")

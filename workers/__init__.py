@@ -1,0 +1,1 @@
+"""Celery app and tasks (thin: they call dicom_wm)."""
