@@ -98,9 +98,10 @@ def read_samples(ds: Dataset) -> PixelPlanes:
         source_transfer_syntax=str(info.uid),
     )
     if info.uid.is_encapsulated:
-        # Codecs store their own precision and signedness; pydicom corrects the
-        # sign but does not clip to Bits Stored. Samples outside that range
-        # cannot be written back under this header, so refuse them here.
+        # A codestream has its own precision and signedness; pydicom corrects
+        # the sign of JPEG 2000 / JPEG-LS data but does not mask it to Bits
+        # Stored. Samples outside that range cannot be written back under this
+        # header, so refuse them here (native data is masked by pydicom).
         lo, hi = int(samples.min()), int(samples.max())
         if lo < planes.lo or hi > planes.hi:
             raise UnsupportedInput(
@@ -108,7 +109,6 @@ def read_samples(ds: Dataset) -> PixelPlanes:
                 f"(0028,0101) Bits Stored {header.bits_stored} range [{planes.lo}, {planes.hi}]"
             )
     return planes
-
 
 
 def _decode_native(ds: Dataset, header: ImagePixel, info: SyntaxInfo) -> tuple[np.ndarray, str]:
@@ -133,7 +133,8 @@ def _decode_native(ds: Dataset, header: ImagePixel, info: SyntaxInfo) -> tuple[n
 def _decode_encapsulated(ds: Dataset, info: SyntaxInfo) -> tuple[np.ndarray, str]:
     decoder = get_decoder(info.uid)
     if not decoder.is_available:
-        raise UnsupportedInput(f"needs {info.package or 'a pydicom decoding plugin'} for {info.uid.name}")
+        package = info.package or "a pydicom decoding plugin"
+        raise UnsupportedInput(f"needs {package} for {info.uid.name}")
     arr, props = _as_array(ds, info, view_only=False)
     return arr, _photometric_as_decoded(props)
 
