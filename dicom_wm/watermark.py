@@ -399,4 +399,9 @@ def restore_dataset(ds: Dataset, keys: KeyStore, *, force: bool = False) -> Rest
     out = copy.deepcopy(ds)
     write_samples(out, restored, px)
     remove_watermark_header(out)
+    # The restored pixel data is native, so it keeps the photometric
+    # interpretation it was decoded to (YBR_FULL_422 comes back as YBR_FULL,
+    # JPEG 2000 YBR_ICT/RCT as RGB): the original's would not describe it.
+    if out.get("PhotometricInterpretation") != px.photometric:
+        out.PhotometricInterpretation = px.photometric
     return RestoreResult(dataset=out, verify=result)

@@ -42,8 +42,11 @@ PREDICTOR_CODES = {"classic-rhombus": 0, "learned": 1}
 # magic, version, frame, channel, n_frames, n_channels, lattice pass,
 # passes on this plane, copies, key id length
 _HEAD = struct.Struct(">3sBIBIBBBBB")
-# record uuid, instance mac, predictor code, model sha256 prefix, n_used, n_ambiguous
-_BODY = struct.Struct(">16s16sB16sII")
+# record uuid, instance mac, predictor code; then the model sha256 prefix
+# (learned predictors only); then n_used, n_ambiguous
+_BODY = struct.Struct(">16s16sB")
+_MODEL = struct.Struct(">16s")
+_WALK = struct.Struct(">II")
 _TILES = struct.Struct(">BBII")  # tile edge, tile MAC length, first tile, tile count
 
 
@@ -77,6 +80,8 @@ class PlaneBlock:
             _HEAD.size
             + len(self.key_id.encode("ascii"))
             + _BODY.size
+            + (_MODEL.size if self.predictor_code else 0)
+            + _WALK.size
             + (len(self.moved_flags) + 7) // 8
             + _TILES.size
             + len(self.tile_macs)
@@ -99,10 +104,9 @@ def encode_block(block: PlaneBlock, secret: bytes) -> bytes:
             block.n_channels, block.lattice_pass, block.passes, block.copies, len(key_id),
         )
         + key_id
-        + _BODY.pack(
-            block.record_uuid.bytes, block.instance_mac, block.predictor_code,
-            block.model_sha256_prefix, block.n_used, len(block.moved_flags),
-        )
+        + _BODY.pack(block.record_uuid.bytes, block.instance_mac, block.predictor_code)
+        + (_MODEL.pack(block.model_sha256_prefix) if block.predictor_code else b"")
+        + _WALK.pack(block.n_used, len(block.moved_flags))
         + flags
         + _TILES.pack(block.tile, block.tile_mac_len, block.first_tile, len(block.tile_macs) // block.tile_mac_len)
         + block.tile_macs
@@ -119,8 +123,14 @@ def _parse(data: bytes) -> tuple[PlaneBlock, int]:
         off = _HEAD.size
         key_id = data[off : off + klen].decode("ascii")
         off += klen
-        ruuid, imac, pcode, msha, n_used, n_amb = _BODY.unpack_from(data, off)
+        ruuid, imac, pcode = _BODY.unpack_from(data, off)
         off += _BODY.size
+        msha = bytes(16)
+        if pcode:
+            (msha,) = _MODEL.unpack_from(data, off)
+            off += _MODEL.size
+        n_used, n_amb = _WALK.unpack_from(data, off)
+        off += _WALK.size
         nflag_bytes = (n_amb + 7) // 8
         if off + nflag_bytes > len(data):
             raise BlockError("truncated block")

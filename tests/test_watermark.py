@@ -1,0 +1,178 @@
+"""embed / verify / restore over the whole image corpus (issue #2's tests)."""
+
+from __future__ import annotations
+
+import io
+import uuid
+import warnings
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+
+from dicom_wm.engine.histogram_shift import carrier_mask, walk_order
+from dicom_wm.engine.predictors import ClassicRhombus
+from dicom_wm.errors import InsufficientCapacity, NotAuthentic, UnsupportedInput
+from dicom_wm.keys import KeyStore
+from dicom_wm.payload.block import TILE
+from dicom_wm.pixels import read_samples, write_samples
+from dicom_wm.watermark import VerifyStatus, embed_dataset, restore_dataset, verify_dataset
+from corpus import corpus_params
+
+KEYS = KeyStore.in_memory({"ktest0001": b"\x11" * 32}, "ktest0001")
+OTHER_KEYS = KeyStore.in_memory({"kother001": b"\x22" * 32}, "kother001")
+SAME_ID_OTHER_SECRET = KeyStore.in_memory({"ktest0001": b"\x33" * 32}, "ktest0001")
+PIXEL_TAGS = {0x7FE00008, 0x7FE00009, 0x7FE00010}
+
+# Images too small for one payload block (the block needs ~700 bits; these
+# carry fewer at ±1): thumbnails, 10x10 dose grids, 64x64 MR, 128x128 CT.
+# They must fail with a clear capacity error and leave the input untouched.
+TOO_SMALL_PREFIXES = (
+    "pydicom/CT_small",
+    "pydicom/ExplVR_BigEnd",
+    "pydicom/JPEGLSNearLossless_",
+    "pydicom/MR_small",
+    "pydicom/SC_rgb_small_odd",
+    "pydicom/dicomdirtests/",
+    "pydicom/examples_rgb_color",
+    "pydicom/rtdose",
+    "pydicom-data/emri_small",
+)
+
+
+def _quiet_load(entry) -> Dataset:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return entry.load()
+
+
+def _roundtrip(ds: Dataset) -> Dataset:
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
+    buf.seek(0)
+    return pydicom.dcmread(buf)
+
+
+def _with_sample_changed(ds: Dataset, index: tuple[int, int, int, int]) -> Dataset:
+    px = read_samples(ds)
+    samples = px.samples.copy()
+    samples[index] += 1 if samples[index] < px.hi else -1
+    out = ds.copy()
+    out.file_meta = ds.file_meta
+    write_samples(out, samples, px)
+    return out
+
+
+def _tile_of(index: tuple[int, int, int, int], rows: int, cols: int) -> list[int]:
+    f, r, c, _ = index
+    r0, c0 = (r // TILE) * TILE, (c // TILE) * TILE
+    return [f, r0, c0, min(r0 + TILE, rows), min(c0 + TILE, cols)]
+
+
+def _first_carrier(px) -> tuple[int, int, int, int]:
+    """A sample that carries payload: the first carrier of frame 0, channel 0."""
+    plane = px.samples[0, :, :, 0]
+    pred = ClassicRhombus()
+    walk = walk_order(pred.predict(plane[None])[0], pred.complexity(plane[None])[0], px.lo, px.hi)
+    first = int(walk.index[np.flatnonzero(carrier_mask(plane.reshape(-1)[walk.index] - walk.pred))[0]])
+    return (0, first // plane.shape[1], first % plane.shape[1], 0)
+
+
+@pytest.mark.parametrize("entry", corpus_params(ok_only=True))
+def test_corpus_embed_verify_restore(entry):
+    original = _quiet_load(entry)
+    before = read_samples(original).samples.copy()
+    if entry.name.startswith(TOO_SMALL_PREFIXES):
+        with pytest.raises(InsufficientCapacity, match="insufficient capacity"):
+            embed_dataset(original, KEYS)
+        assert np.array_equal(read_samples(original).samples, before)
+        return
+
+    result = embed_dataset(original, KEYS)
+    wm = result.dataset if entry.slow else _roundtrip(result.dataset)
+    px = read_samples(wm)
+    assert np.array_equal(read_samples(original).samples, before), "embed modified its input"
+    assert np.abs(px.samples - before).max() <= 1 == result.max_abs_delta
+    assert px.samples.min() >= px.lo and px.samples.max() <= px.hi
+    assert wm.SOPInstanceUID == original.SOPInstanceUID
+    assert result.payload_bits > 0 and result.capacity_bits >= result.payload_bits // 3
+
+    check = verify_dataset(wm, KEYS)
+    assert check.status is VerifyStatus.AUTHENTIC, check.error
+    assert check.record_uuid == result.record_uuid and check.key_id == "ktest0001"
+    assert check.original_sample_sha256 == result.original_sample_sha256
+
+    # Element-exact on the in-memory result (writing a file drops the retired
+    # group-length elements, as pydicom always does); sample-exact from file.
+    assert np.array_equal(read_samples(restore_dataset(wm, KEYS).dataset).samples, before)
+    restored = restore_dataset(result.dataset, KEYS).dataset
+    assert np.array_equal(read_samples(restored).samples, before)
+    assert {e.tag for e in restored} - PIXEL_TAGS == {e.tag for e in original} - PIXEL_TAGS
+    decoded_photometric = read_samples(original).photometric
+    for elem in original:
+        if elem.tag in PIXEL_TAGS:
+            continue
+        if elem.keyword == "PhotometricInterpretation" and elem.value != decoded_photometric:
+            # restored pixel data is native: it keeps the decoded colour space
+            assert restored.PhotometricInterpretation == decoded_photometric
+            continue
+        assert restored[elem.tag] == elem, f"{elem.tag} differs after restore"
+
+    assert verify_dataset(original, KEYS).status is VerifyStatus.NOT_WATERMARKED
+    assert verify_dataset(wm, OTHER_KEYS).status is VerifyStatus.INVALID
+    if entry.slow:
+        return
+    assert verify_dataset(wm, SAME_ID_OTHER_SECRET).status is VerifyStatus.INVALID
+
+    f, rows, cols, ch = px.samples.shape
+    for index in (_first_carrier(px), (f - 1, rows - 1, cols - 1, ch - 1), (f // 2, rows // 2, 1, 0)):
+        tampered = verify_dataset(_with_sample_changed(wm, index), KEYS)
+        assert tampered.status is VerifyStatus.TAMPERED, (index, tampered.error)
+        assert _tile_of(index, rows, cols) in tampered.tampered_tiles, (index, tampered.tampered_tiles)
+
+
+def test_restore_refuses_tampered_unless_forced():
+    ds = pydicom.dcmread(pydicom.data.get_testdata_file("MR-SIEMENS-DICOM-WithOverlays.dcm"))
+    wm = embed_dataset(ds, KEYS).dataset
+    bad = _with_sample_changed(wm, (0, 100, 100, 0))
+    with pytest.raises(NotAuthentic, match="tampered"):
+        restore_dataset(bad, KEYS)
+    forced = restore_dataset(bad, KEYS, force=True)
+    assert forced.verify.status is VerifyStatus.TAMPERED
+    assert [0, 64, 64, 128, 128] in forced.verify.tampered_tiles
+
+
+def test_changed_identity_is_invalid_not_authentic():
+    ds = pydicom.dcmread(pydicom.data.get_testdata_file("MR-SIEMENS-DICOM-WithOverlays.dcm"))
+    wm = embed_dataset(ds, KEYS).dataset
+    wm.SOPInstanceUID = "1.2.3.4"
+    check = verify_dataset(wm, KEYS)
+    assert check.status is VerifyStatus.INVALID and "identifying" in check.error
+
+
+def test_double_embed_refused_and_record_uuid_honoured():
+    ds = pydicom.dcmread(pydicom.data.get_testdata_file("MR-SIEMENS-DICOM-WithOverlays.dcm"))
+    rid = uuid.uuid4()
+    wm = embed_dataset(ds, KEYS, record_uuid=rid)
+    assert wm.record_uuid == str(rid)
+    with pytest.raises(UnsupportedInput, match="already watermarked"):
+        embed_dataset(wm.dataset, KEYS)
+
+
+def test_rotated_key_still_verifies():
+    ds = pydicom.dcmread(pydicom.data.get_testdata_file("MR-SIEMENS-DICOM-WithOverlays.dcm"))
+    store = KeyStore.in_memory({"kaaaaaaaa": b"\x44" * 32}, "kaaaaaaaa")
+    old = embed_dataset(ds, store).dataset
+    store2 = KeyStore.in_memory({"kaaaaaaaa": b"\x44" * 32, "kbbbbbbbb": b"\x55" * 32}, "kbbbbbbbb")
+    new = embed_dataset(ds, store2)
+    assert new.key_id == "kbbbbbbbb"
+    assert verify_dataset(old, store2).status is VerifyStatus.AUTHENTIC
+    assert verify_dataset(new.dataset, store2).status is VerifyStatus.AUTHENTIC
+
+
+def test_no_pixel_data_is_unsupported():
+    ds = pydicom.dcmread(pydicom.data.get_testdata_file("rtplan.dcm"))
+    with pytest.raises(UnsupportedInput, match="no Pixel Data"):
+        embed_dataset(ds, KEYS)
+    assert verify_dataset(ds, KEYS).status is VerifyStatus.UNSUPPORTED
