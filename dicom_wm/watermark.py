@@ -8,6 +8,7 @@ a Contributing Equipment item (dicom_wm.header), removed again on restore.
 
 from __future__ import annotations
 
+import bisect
 import copy
 import enum
 import hashlib
@@ -95,6 +96,9 @@ class VerifyResult:
     capacity_bits: int | None = None
     error: str | None = None
     original_sample_sha256: str | None = None  # of the restored samples (when restorable)
+    # multi-frame only: {"missing", "extra", "reordered", "modified"} -> frame indices
+    # (missing/reordered/modified: original indices; extra: positions in the received instance)
+    frames: dict[str, list[int]] | None = None
 
 
 @dataclass
@@ -331,26 +335,29 @@ def _verify(
         (b.record_uuid, b.key_id, b.instance_mac, b.n_frames, b.n_channels)
         != (ref.record_uuid, ref.key_id, ref.instance_mac, ref.n_frames, ref.n_channels)
         for b in found
-    ) or (ref.n_frames, ref.n_channels) != (f_count, ch_count):
+    ) or ref.n_channels != ch_count:
         result.status = VerifyStatus.INVALID
-        result.error = "planes carry payloads of different records or a different frame layout"
+        result.error = "planes carry payloads of different records or a different channel layout"
         return result, None
     secret = lookup(ref.key_id)
+    origin = _frame_origins(readings, f_count, ch_count)
     tampered: set[tuple[int, ...]] = set()
+    modified: set[int] = set()
     restored_planes = planes.copy()
     payload_bits = 0
     grid = tile_grid(rows, cols, TILE)
     dtype = canonical_dtype(px.bits_stored, px.signed)
-    all_digests: list[bytes] = []
+    digests: dict[tuple[int, int], list[bytes]] = {}
     for p, reading in enumerate(readings):
         frame, channel = divmod(p, ch_count)
-        if reading.restored is None or any((b.frame, b.channel) != (frame, channel) for b in reading.blocks):
+        source = origin[frame]
+        if source is None or reading.restored is None:
             tampered |= _plane_tiles(frame, rows, cols)
             continue
         payload_bits += sum(8 * b.encoded_length() * b.copies for b in reading.blocks)
         restored_planes[p] = reading.restored
-        expected = tile_digests(secret, ref.record_uuid, frame, channel, reading.restored, TILE, dtype)
-        all_digests.extend(expected)
+        expected = tile_digests(secret, ref.record_uuid, source, channel, reading.restored, TILE, dtype)
+        digests[(source, channel)] = expected
         carried: dict[int, bytes] = {}
         for b in reading.blocks:
             for i in range(len(b.tile_macs) // b.tile_mac_len):
@@ -358,6 +365,7 @@ def _verify(
         for i, tile in enumerate(grid):
             if i not in carried or expected[i][: len(carried[i])] != carried[i]:
                 tampered.add((frame, *tile))
+                modified.add(source)
     restored = _from_planes(restored_planes, px.samples.shape)
     result.payload_bits = payload_bits
     if not tampered and reembed:
@@ -366,17 +374,83 @@ def _verify(
             diff = expected_plane != planes[p]
             if diff.any():
                 tampered |= _plane_tiles(p // ch_count, rows, cols, diff)
-    if tampered:
+                modified.add(origin[p // ch_count])  # type: ignore[arg-type]  # every plane has a source here
+    frames = _frame_report(origin, ref.n_frames, modified)
+    if ref.n_frames > 1 or f_count > 1:
+        result.frames = frames
+    if tampered or any(frames.values()):
         result.status = VerifyStatus.TAMPERED
         result.tampered_tiles = [list(t) for t in sorted(tampered)]
-        result.error = f"{len(tampered)} tile(s) do not match their MAC"
+        problems = [f"{len(tampered)} tile(s) do not match their MAC"] if tampered else []
+        problems += [f"frames {kind}: {idx}" for kind, idx in frames.items() if idx and kind != "modified"]
+        result.error = "; ".join(problems)
         return result, restored
-    if instance_mac(secret, identity_bytes(ds), ref.record_uuid, all_digests) != ref.instance_mac:
+    ordered = [d for f in range(ref.n_frames) for c in range(ch_count) for d in digests[(f, c)]]
+    if instance_mac(secret, identity_bytes(ds), ref.record_uuid, ordered) != ref.instance_mac:
         result.status = VerifyStatus.INVALID
         result.error = "instance MAC mismatch: identifying attributes changed (not localisable to tiles)"
         return result, restored
     result.original_sample_sha256 = hashlib.sha256(canonical_samples(restored, dtype)).hexdigest()
     return result, restored
+
+
+def _frame_origins(readings: list[PlaneReading], f_count: int, ch_count: int) -> list[int | None]:
+    """For each received frame, the original frame index its payload names
+    (None when its planes carry no consistent payload, or when it repeats a
+    frame already seen)."""
+    origin: list[int | None] = []
+    seen: set[int] = set()
+    for j in range(f_count):
+        names = set()
+        for c in range(ch_count):
+            reading = readings[j * ch_count + c]
+            if not reading.blocks or any(b.channel != c for b in reading.blocks):
+                names.add(None)
+            names.update(b.frame for b in reading.blocks)
+        source = names.pop() if len(names) == 1 else None
+        if source is not None and source in seen:
+            source = None  # a duplicated frame counts as inserted
+        if source is not None:
+            seen.add(source)
+        origin.append(source)
+    return origin
+
+
+def _frame_report(origin: list[int | None], n_frames: int, modified: set[int]) -> dict[str, list[int]]:
+    """missing / modified: original frame indices; extra: received positions
+    with no frame of this record; reordered: original indices outside the
+    longest run of frames that kept their relative order."""
+    present = [o for o in origin if o is not None]
+    keep = _longest_increasing(present)
+    return {
+        "missing": sorted(set(range(n_frames)) - set(present)),
+        "extra": [j for j, o in enumerate(origin) if o is None],
+        "reordered": sorted(set(present) - keep),
+        "modified": sorted(modified),
+    }
+
+
+def _longest_increasing(seq: list[int]) -> set[int]:
+    """Values of one longest strictly increasing subsequence (patience sort)."""
+    tails: list[int] = []  # indices into seq
+    tail_values: list[int] = []
+    prev = [-1] * len(seq)
+    for i, value in enumerate(seq):
+        k = bisect.bisect_left(tail_values, value)
+        if k:
+            prev[i] = tails[k - 1]
+        if k == len(tails):
+            tails.append(i)
+            tail_values.append(value)
+        else:
+            tails[k] = i
+            tail_values[k] = value
+    out: set[int] = set()
+    i = tails[-1] if tails else -1
+    while i >= 0:
+        out.add(seq[i])
+        i = prev[i]
+    return out
 
 
 def verify_dataset(ds: Dataset, keys: KeyStore) -> VerifyResult:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import uuid
 import warnings
@@ -58,8 +59,7 @@ def _with_sample_changed(ds: Dataset, index: tuple[int, int, int, int]) -> Datas
     px = read_samples(ds)
     samples = px.samples.copy()
     samples[index] += 1 if samples[index] < px.hi else -1
-    out = ds.copy()
-    out.file_meta = ds.file_meta
+    out = copy.deepcopy(ds)  # Dataset.copy() shares elements: writing would edit ds
     write_samples(out, samples, px)
     return out
 
