@@ -186,7 +186,11 @@ def wait_for_echo(port: int, timeout: float = 60.0, proc: subprocess.Popen[bytes
 
 
 def dicom_wm_command() -> list[str]:
-    """How to run the CLI: the console script beside this interpreter."""
+    """How to run the CLI: ``$DICOM_WM_TEST_CLI`` (split on spaces) if set,
+    else the console script beside this interpreter."""
+    override = os.environ.get("DICOM_WM_TEST_CLI")
+    if override:
+        return override.split()
     script = Path(sys.executable).parent / "dicom-wm"
     if script.exists():
         return [str(script)]
@@ -256,10 +260,38 @@ def dcmtk_storescu() -> str | None:
     return None
 
 
+# storescu proposes uncompressed syntaxes plus at most one compressed family;
+# files are sent in one storescu run per family, with the matching option.
+_DCMTK_PROPOSE = {
+    "1.2.840.10008.1.2.4.50": "-xy",
+    "1.2.840.10008.1.2.4.51": "-xx",
+    "1.2.840.10008.1.2.4.70": "-xs",
+    "1.2.840.10008.1.2.4.80": "-xt",
+    "1.2.840.10008.1.2.4.81": "-xu",
+    "1.2.840.10008.1.2.4.90": "-xv",
+    "1.2.840.10008.1.2.4.91": "-xw",
+    "1.2.840.10008.1.2.5": "-xr",
+}
+
+
 def send_with_dcmtk(storescu: str, port: int, paths: Iterable[Path], *, calling: str = "STORESCU") -> subprocess.CompletedProcess[str]:
-    """Send ``paths`` in one association with DCMTK storescu (TCP_NODELAY=1)."""
-    cmd = [storescu, "-aet", calling, "-aec", "DICOMWM", "--propose-lossless", "127.0.0.1", str(port), *map(str, paths)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "TCP_NODELAY": "1"})
+    """Send ``paths`` with DCMTK storescu (TCP_NODELAY=1): one association per
+    compressed transfer syntax family. Returns the last failing run, else the
+    last run."""
+    groups: dict[str | None, list[Path]] = {}
+    for path in paths:
+        ts = str(pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+        groups.setdefault(_DCMTK_PROPOSE.get(ts), []).append(path)
+    result: subprocess.CompletedProcess[str] | None = None
+    for option, group in groups.items():
+        cmd = [storescu, "-aet", calling, "-aec", "DICOMWM", *([option] if option else []), "127.0.0.1", str(port),
+               *map(str, group)]
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "TCP_NODELAY": "1"})
+        if result is None or run.returncode != 0 or result.returncode == 0:
+            result = run if (result is None or result.returncode == 0) else result
+    if result is None:
+        raise ValueError("nothing to send")
+    return result
 
 
 def send_with_pynetdicom(port: int, paths: Iterable[Path], *, calling: str = "PYNETSCU") -> list[int]:
@@ -345,3 +377,96 @@ class FreshPostgres:
         dispose_engines()
         with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
+# -- checking a finished ingest ---------------------------------------------------------
+
+
+def rows_by_sop(url: str) -> dict[str, list[object]]:
+    """Every instance row, grouped by SOP Instance UID (fresh session)."""
+    from dicom_wm.db import Instance, get_sessionmaker
+
+    with get_sessionmaker(url)() as s:
+        out: dict[str, list[object]] = {}
+        for row in s.query(Instance).order_by(Instance.id):
+            out.setdefault(row.sop_instance_uid, []).append(row)
+        return out
+
+
+def count_final(url: str) -> tuple[int, int]:
+    """(rows in a final state, all rows)."""
+    from sqlalchemy import func, select
+
+    from dicom_wm.db import FINAL_STATES, Instance, get_sessionmaker
+
+    with get_sessionmaker(url)() as s:
+        total = s.scalar(select(func.count()).select_from(Instance)) or 0
+        final = s.scalar(select(func.count()).select_from(Instance).where(Instance.state.in_(FINAL_STATES))) or 0
+        return int(final), int(total)
+
+
+def wait_all_final(url: str, expected: int, timeout: float, procs: Iterable[ServiceProcess] = ()) -> None:
+    def done() -> bool:
+        for p in procs:
+            if not p.alive():
+                raise RuntimeError(f"{p.log_path.name} exited early:\n{p.log_text()[-3000:]}")
+        final, total = count_final(url)
+        return total >= expected and final == total
+
+    wait_until(done, timeout, interval=0.5, what=f"{expected} instances in a final state")
+
+
+def check_ingest(url: str, data_dir: Path, files: list[StudyFile], keys_path: Path) -> dict[str, int]:
+    """Every sent instance has exactly one row, is WATERMARKED (or SKIPPED
+    for want of pixel data) with exactly one final event, verifies authentic
+    and restores to the sent samples; the spool is empty. Returns counts."""
+    import numpy as np
+    from sqlalchemy import func, select
+
+    from dicom_wm.db import Event, InstanceState, get_sessionmaker
+    from dicom_wm.keys import KeyStore
+    from dicom_wm.pixels import read_samples
+    from dicom_wm.watermark import VerifyStatus, restore_dataset, verify_dataset
+
+    keys = KeyStore.load(keys_path)
+    rows = rows_by_sop(url)
+    assert sorted(rows) == sorted(f.sop_instance_uid for f in files), "received set differs from sent set"
+    with get_sessionmaker(url)() as s:
+        final_events = dict(
+            s.execute(
+                select(Event.instance_id, func.count())
+                .where(Event.kind.in_(["watermarked", "skipped", "failed"]))
+                .group_by(Event.instance_id)
+            ).all()
+        )
+    counts = {"WATERMARKED": 0, "SKIPPED": 0}
+    for f in files:
+        versions = rows[f.sop_instance_uid]
+        assert len(versions) == 1, f"{f.source}: {len(versions)} rows"
+        row = versions[0]
+        assert final_events.get(row.id) == 1, f"{f.source}: {final_events.get(row.id)} final events"
+        assert row.spool_path is None
+        stored = data_dir / row.archive_path
+        if not f.has_pixels:
+            assert row.state is InstanceState.SKIPPED and row.state_reason, f"{f.source}: {row.state}"
+            assert stored.read_bytes() == f.path.read_bytes() or row.stored_sha256 == row.received_sha256
+            counts["SKIPPED"] += 1
+            continue
+        assert row.state is InstanceState.WATERMARKED, f"{f.source}: {row.state.value} {row.state_reason}"
+        ds = pydicom.dcmread(stored)
+        verdict = verify_dataset(ds, keys)
+        assert verdict.status is VerifyStatus.AUTHENTIC, f"{f.source}: {verdict.status} {verdict.error}"
+        restored = restore_dataset(ds, keys).dataset
+        original = pydicom.dcmread(f.path)
+        assert np.array_equal(read_samples(restored).samples, read_samples(original).samples), f.source
+        for elem in original:
+            if elem.keyword in ("PixelData",) or elem.tag.group == 0x0002:
+                continue
+            if elem.tag.group == 0x0028 and row.stored_transfer_syntax_uid != row.received_transfer_syntax_uid:
+                continue  # stored as decoded samples: encoding-bound attributes (e.g. YBR_RCT -> RGB) follow
+            assert elem.tag in restored, f"{f.source}: {elem.keyword or elem.tag} lost"
+            assert restored[elem.tag].value == elem.value, f"{f.source}: {elem.keyword or elem.tag} changed"
+        counts["WATERMARKED"] += 1
+    spool = data_dir / "spool"
+    assert not spool.exists() or not [p for p in spool.iterdir() if p.is_file()], "spool not empty"
+    return counts

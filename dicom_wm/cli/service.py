@@ -163,6 +163,9 @@ def worker(
         ensure_keys(settings, create=False)
     except (SchemaOutOfDate, KeyStoreError, OSError) as exc:
         raise _fail(str(exc), 2) from None
+    from dicom_wm.db.engine import dispose_engines
+
+    dispose_engines()  # prefork children must not share the parent's connections
     configure(settings)
     app.worker_main([
         "worker",

@@ -74,10 +74,13 @@ def ensure_keys(settings: Settings, *, create: bool) -> KeyStore | None:
     return store
 
 
-def clean_spool(settings: Settings, sessions: sessionmaker[Session], *, min_age_s: float = 60.0) -> int:
-    """Remove spool files no pending row refers to (a crash between the spool
-    write and the commit - the sender got no success and sends again - or
-    between a worker's commit and its clean-up). Returns how many."""
+def clean_spool(settings: Settings, sessions: sessionmaker[Session], *, min_age_s: float = 0.0) -> int:
+    """Remove spool files no row refers to: a crash between the spool write
+    and the commit (the sender got no success and sends again), an
+    interrupted temp file, or a crash between a worker's commit and its
+    clean-up. Called by serve before it listens, when no reception can be in
+    progress (one serve per data dir); ``min_age_s`` spares younger files when
+    called while receiving. Returns how many were removed."""
     spool = settings.spool_dir
     if not spool.is_dir():
         return 0
