@@ -28,10 +28,10 @@ __all__ = ["register", "db_app"]
 
 log = logging.getLogger("dicom_wm.service")
 
-DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="data dir [env DICOM_WM_DATA_DIR; default ./dicom-wm-data]")]
-DbOpt = Annotated[str | None, typer.Option("--db", help="SQLAlchemy URL [env DICOM_WM_DB; default SQLite in the data dir]")]
-BrokerOpt = Annotated[str | None, typer.Option("--broker", help="Celery broker URL, e.g. redis://host:6379/0 [env DICOM_WM_BROKER]")]
-ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML config file [env DICOM_WM_CONFIG]")]
+DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="data dir (env DICOM_WM_DATA_DIR; default ./dicom-wm-data)")]
+DbOpt = Annotated[str | None, typer.Option("--db", help="SQLAlchemy URL (env DICOM_WM_DB; default SQLite in the data dir)")]
+BrokerOpt = Annotated[str | None, typer.Option("--broker", help="Celery broker URL, e.g. redis://host:6379/0 (env DICOM_WM_BROKER)")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML config file (env DICOM_WM_CONFIG)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 
 db_app = typer.Typer(help="Provenance database maintenance.", no_args_is_help=True)
@@ -65,13 +65,13 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 
 
 def serve(
-    host: Annotated[str | None, typer.Option("--host", help="address to listen on [default 0.0.0.0]")] = None,
-    port: Annotated[int | None, typer.Option("--port", help="DICOM port [default 11112]")] = None,
-    ae_title: Annotated[str | None, typer.Option("--ae-title", help="our AE title [default DICOMWM]")] = None,
+    host: Annotated[str | None, typer.Option("--host", help="address to listen on (default 0.0.0.0)")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="DICOM port (default 11112)")] = None,
+    ae_title: Annotated[str | None, typer.Option("--ae-title", help="our AE title (default DICOMWM)")] = None,
     data_dir: DataDirOpt = None,
     db: DbOpt = None,
     broker: BrokerOpt = None,
-    workers: Annotated[int | None, typer.Option("--workers", help="embedded worker processes [default: CPU count]")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="embedded worker processes (default: CPU count)")] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Run the DICOM service: Storage SCP, queue, and (without --broker) the workers."""
@@ -143,8 +143,8 @@ def worker(
     data_dir: DataDirOpt = None,
     db: DbOpt = None,
     broker: BrokerOpt = None,
-    queues: Annotated[str | None, typer.Option("--queues", help="queues to consume [default embed,gpu]")] = None,
-    concurrency: Annotated[int | None, typer.Option("--concurrency", help="task processes [default: CPU count]")] = None,
+    queues: Annotated[str | None, typer.Option("--queues", help="queues to consume (default embed,gpu)")] = None,
+    concurrency: Annotated[int | None, typer.Option("--concurrency", help="task processes (default: CPU count)")] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Run a Celery worker (distributed mode) consuming the watermark queues."""
