@@ -121,32 +121,27 @@ def read_dataset(path: str | os.PathLike[str]) -> Dataset:
     """Read a DICOM file completely, turning every parse problem into
     :class:`~dicom_wm.errors.UnsupportedInput` with a one-line reason.
 
-    Only files with the DICOM preamble and ``DICM`` prefix are accepted (the
-    Part 10 file format); anything else is "not a DICOM file".
+    Only Part 10 files (128-byte preamble, then ``DICM``) are accepted;
+    anything else is "not a DICOM file". Messages do not repeat the path
+    (callers name the file). A file that cannot be opened raises the
+    ``OSError``.
     """
     p = Path(path)
-    try:
-        with open(p, "rb") as fh:
-            head = fh.read(132)
-    except IsADirectoryError:
-        raise UnsupportedInput(f"{p} is a directory") from None
-    except OSError as exc:
-        raise UnsupportedInput(f"cannot read {p}: {exc.strerror or exc}") from None
+    with open(p, "rb") as fh:
+        head = fh.read(132)
     if len(head) < 132 or head[128:132] != b"DICM":
-        raise UnsupportedInput(f"{p} is not a DICOM file (no 'DICM' prefix after the 128-byte preamble)")
+        raise UnsupportedInput("not a DICOM file (no 'DICM' prefix after the 128-byte preamble)")
     try:
         ds = pydicom.dcmread(p)
         if len(ds) == 0:
-            raise UnsupportedInput(f"{p} is truncated or empty: no data elements after the file meta information")
+            raise UnsupportedInput("truncated or empty: no data elements after the file meta information")
         # pydicom accepts a value cut short by the end of the file; its
         # declared length gives it away.
         for tag, raw in ds.items():
             if isinstance(raw, RawDataElement) and raw.length != 0xFFFFFFFF:
                 got = len(raw.value) if raw.value is not None else 0
                 if got < raw.length:
-                    raise UnsupportedInput(
-                        f"{p} is truncated: element {tag} declares {raw.length} bytes, the file holds {got}"
-                    )
+                    raise UnsupportedInput(f"truncated: element {tag} declares {raw.length} bytes, the file holds {got}")
         # Raw elements are converted lazily; touch each top-level one so a
         # broken value is reported here rather than halfway through a job.
         for elem in ds:
@@ -154,9 +149,9 @@ def read_dataset(path: str | os.PathLike[str]) -> Dataset:
     except UnsupportedInput:
         raise
     except InvalidDicomError as exc:
-        raise UnsupportedInput(f"{p} is not a valid DICOM file: {exc}") from None
+        raise UnsupportedInput(f"not a valid DICOM file: {exc}") from None
     except (EOFError, struct.error) as exc:
-        raise UnsupportedInput(f"{p} is truncated ({exc or 'unexpected end of file'})") from None
+        raise UnsupportedInput(f"truncated ({exc or 'unexpected end of file'})") from None
     except Exception as exc:  # pydicom raises many types for corrupt input
-        raise UnsupportedInput(f"{p} could not be parsed: {type(exc).__name__}: {exc}") from None
+        raise UnsupportedInput(f"cannot be parsed: {type(exc).__name__}: {exc}") from None
     return ds

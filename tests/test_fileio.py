@@ -81,9 +81,8 @@ def test_dataset_round_trip_and_sha(tmp_path: Path):
 def test_read_rejects_non_dicom(tmp_path: Path, content: bytes, message: str):
     path = tmp_path / "x.dcm"
     path.write_bytes(content)
-    with pytest.raises(UnsupportedInput, match=message) as info:
+    with pytest.raises(UnsupportedInput, match=message):
         read_dataset(path)
-    assert str(path) in str(info.value)
 
 
 @pytest.mark.parametrize("keep", [300, 1000, -1000, -1])
@@ -91,13 +90,12 @@ def test_read_rejects_truncated_file(tmp_path: Path, keep: int):
     data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
     path = tmp_path / "cut.dcm"
     path.write_bytes(data[:keep])
-    with pytest.raises(UnsupportedInput, match="truncated") as info:
+    with pytest.raises(UnsupportedInput, match="truncated"):
         read_dataset(path)
-    assert str(path) in str(info.value)
 
 
-def test_read_directory_and_missing(tmp_path: Path):
-    with pytest.raises(UnsupportedInput, match="is a directory"):
+def test_read_directory_and_missing_raise_oserror(tmp_path: Path):
+    with pytest.raises(IsADirectoryError):
         read_dataset(tmp_path)
-    with pytest.raises(UnsupportedInput, match="cannot read"):
+    with pytest.raises(FileNotFoundError):
         read_dataset(tmp_path / "missing.dcm")
