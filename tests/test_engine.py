@@ -17,7 +17,7 @@ from dicom_wm.engine.histogram_shift import (
     restore_walk,
     walk_order,
 )
-from dicom_wm.engine.plane_codec import embed_plane, read_plane, reembed_plane
+from dicom_wm.engine.plane_codec import _moved_flags, embed_plane, read_plane, reembed_plane
 from dicom_wm.engine.predictors import ClassicRhombus, a_lattice_mask
 from dicom_wm.errors import InsufficientCapacity
 from dicom_wm.payload.block import PlaneBlock, encode_block
@@ -86,6 +86,9 @@ def test_walk_embed_restore_is_exact_and_bounded(rng_seed, rows, cols, depth, ki
     assert np.array_equal(read_bits(wm, walk2)[: len(bits)], bits)
     amb = ambiguous_positions(wm, walk2, n_used, lo, hi)
     moved = wm[walk.index[:n_used]][amb] != img[walk.index[:n_used]][amb]
+    # the embedder predicts the flags from the original alone (they must not
+    # depend on the bits, which carry them)
+    assert np.array_equal(_moved_flags(img, walk, n_used, lo, hi), moved)
     assert np.array_equal(restore_walk(wm, walk2, n_used, moved, lo, hi), img)
 
 

@@ -10,13 +10,16 @@ prediction error e = x - pred:
 The walk stops after the last payload bit (``n_used`` positions); later
 positions are untouched. Every sample changes by at most 1.
 
-Boundary rule (why the prediction window is [lo + 3, hi - 2]): with it, a
-sample at ``hi`` always has e >= 2 and one at ``lo`` e <= -3, so neither is a
-carrier; those would leave the range, so they stay as they are. A sample can
-also be shifted *onto* the boundary. After embedding, a walked sample at lo or
-hi is therefore ambiguous only for restoration, never for reading bits: one
-flag per such sample (in walk order) says whether it moved. The flags travel
-in the payload, so bit parsing never depends on them.
+Boundary rule (why predictions must lie in [lo + 3, hi - 2], or equal lo):
+with such a prediction, a sample at ``hi`` always has e >= 2 and one at
+``lo`` either e <= -3 or (pred == lo) e == 0; a sample that would leave the
+range stays as it is. A sample can also be shifted *onto* the boundary. After
+embedding, a walked sample at hi, or at lo with pred > lo, is therefore
+ambiguous only for restoration, never for reading bits: one flag per such
+sample (in walk order) says whether it moved. The flags travel in the
+payload, so bit parsing never depends on them. (pred == lo is allowed so
+that black frames and padding at the range minimum still carry bits: there
+nothing moves down, so a sample at lo is simply a carrier of bit 0.)
 
 The B lattice is never modified, so predictions and complexities computed at
 extraction equal those of embedding.
@@ -38,6 +41,7 @@ __all__ = [
     "read_bits",
     "restore_walk",
     "ambiguous_positions",
+    "is_ambiguous",
 ]
 
 
@@ -63,7 +67,7 @@ def walk_order(pred: np.ndarray, cost: np.ndarray, lo: int, hi: int) -> WalkOrde
     """Walk order of one plane from its prediction and complexity maps."""
     a_idx = _a_lattice_index(*pred.shape)
     p = pred.reshape(-1)[a_idx]
-    ok = (p >= lo + 3) & (p <= hi - 2)
+    ok = ((p >= lo + 3) & (p <= hi - 2)) | (p == lo)
     a_idx = a_idx[ok]
     p = p[ok]
     # uint16 keys let numpy's stable sort use radix sort (O(n)); ties keep
@@ -102,17 +106,22 @@ def embed_walk(
     b = np.zeros(n_used, dtype=flat.dtype)
     b[carriers] = bits[: int(carriers.sum())]
     delta += np.where(e == 0, b, 0) - np.where(e == -1, b, 0)
-    # Samples at the boundary never move (see module docstring).
-    delta[(x == hi) | (x == lo)] = 0
+    # A boundary sample never leaves the range (see module docstring).
+    delta[((x == hi) & (delta > 0)) | ((x == lo) & (delta < 0))] = 0
     out = flat.copy()
     out[idx] = x + delta
     return out
 
 
+def is_ambiguous(w: np.ndarray, pred: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """Walked samples whose restoration needs a flag: at hi, or at lo where
+    the prediction is above lo (at pred == lo nothing is shifted down)."""
+    return (w == hi) | ((w == lo) & (pred != lo))
+
+
 def ambiguous_positions(wflat: np.ndarray, walk: WalkOrder, n_used: int, lo: int, hi: int) -> np.ndarray:
-    """Walk positions (< n_used) whose watermarked value is lo or hi."""
-    w = wflat[walk.index[:n_used]]
-    return np.flatnonzero((w == lo) | (w == hi))
+    """Walk positions (< n_used) whose restoration needs a flag."""
+    return np.flatnonzero(is_ambiguous(wflat[walk.index[:n_used]], walk.pred[:n_used], lo, hi))
 
 
 def read_bits(wflat: np.ndarray, walk: WalkOrder) -> np.ndarray:
@@ -143,7 +152,7 @@ def restore_walk(
     w = wflat[idx]
     e = w - walk.pred[:n_used]
     delta = np.where(e >= 1, -1, np.where(e <= -2, 1, 0)).astype(wflat.dtype)
-    amb = np.flatnonzero((w == lo) | (w == hi))
+    amb = np.flatnonzero(is_ambiguous(w, walk.pred[:n_used], lo, hi))
     flags = moved_flags.astype(bool)
     if amb.size != flags.size:
         if strict:

@@ -23,6 +23,7 @@ from dicom_wm.engine.histogram_shift import (
     WalkOrder,
     carrier_mask,
     embed_walk,
+    is_ambiguous,
     positions_needed,
     read_bits,
     restore_walk,
@@ -89,11 +90,11 @@ def _moved_flags(flat: np.ndarray, walk: WalkOrder, n_used: int, lo: int, hi: in
     """Flags for walked samples that end on the boundary: True if they moved.
     Only shifts reach the boundary, so the flags do not depend on the bits."""
     x = flat[walk.index[:n_used]]
-    e = x - walk.pred[:n_used]
+    pred = walk.pred[:n_used]
+    e = x - pred
     shift = np.where(e >= 1, 1, np.where(e <= -2, -1, 0))
-    shift[(x == lo) | (x == hi)] = 0
-    final = x + shift
-    return shift[(final == lo) | (final == hi)] != 0
+    shift[((x == hi) & (shift > 0)) | ((x == lo) & (shift < 0))] = 0
+    return shift[is_ambiguous(x + shift, pred, lo, hi)] != 0
 
 
 def _fit(
