@@ -407,3 +407,20 @@ def test_console_script_reports_bad_input_without_traceback(tmp_path: Path):
     assert proc.stdout.startswith(f"unsupported  {junk}: ")
     assert proc.stdout.count("\n") == 1
     assert "Traceback" not in proc.stderr and proc.stderr == ""
+
+
+# -- the front door ----------------------------------------------------------------------
+
+
+def test_readme_opens_with_two_setup_commands_and_ci_runs_the_second():
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text().splitlines()
+    block = readme[readme.index("```sh") + 1 :]
+    commands = block[: block.index("```")]
+    assert len(commands) == 2
+    assert commands[0].startswith("python3 -m venv .venv && . .venv/bin/activate && pip install -e . && dicom-wm ")
+    assert commands[1] == 'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[test]" && python -m pytest -q'
+    assert all(line.strip() in ("", "# dicom-wm") for line in readme[: readme.index("```sh")])
+    ci = (root / ".ci" / "run").read_text().splitlines()
+    assert commands[1] in ci
+    assert ci[-1] == commands[1]
