@@ -214,7 +214,7 @@ def embed_dataset(
 
     t = time.perf_counter()
     new_samples = _from_planes(out_planes, px.samples.shape)
-    out = copy.deepcopy(ds)
+    out = _writable_copy(ds)
     write_samples(out, new_samples, px)
     original_elements, added_tags = changed_elements(ds, out)
     apply_watermark_header(
@@ -275,6 +275,34 @@ def _self_check(
         if not np.array_equal(reading.restored, planes[p]):
             return f"plane {p}: restore differs from the original"
     return None
+
+
+# Elements that writing samples or the header may change in place: copied
+# deeply; everything else is shared with the input, which is not modified.
+_WRITTEN_GROUPS = (0x0028, 0x7FE0, 0x0077)
+_CONTRIBUTING_EQUIPMENT = 0x0018A001
+
+
+def _writable_copy(ds: Dataset) -> Dataset:
+    """A copy of ``ds`` that embedding may modify without touching ``ds``.
+
+    A full deepcopy costs more than the whole watermark on a CT slice, so
+    only the elements we write are copied. Big-endian sources are converted
+    element by element by the pixel writer, so they get a full deepcopy."""
+    if not ds.original_encoding[1] and ds.original_encoding[1] is not None:
+        return copy.deepcopy(ds)
+    out = copy.copy(ds)
+    # copy.copy shares the instance's containers: give the copy its own
+    # (elements, private block cache, pixel caches, charset list).
+    for name, value in vars(ds).items():
+        if isinstance(value, (dict, list)):
+            setattr(out, name, copy.copy(value))
+    for tag in list(out._dict):
+        if tag.group in _WRITTEN_GROUPS or tag == _CONTRIBUTING_EQUIPMENT:
+            out._dict[tag] = copy.deepcopy(ds[tag])
+    if hasattr(ds, "file_meta"):
+        out.file_meta = copy.deepcopy(ds.file_meta)
+    return out
 
 
 def _candidate_predictors(header: WatermarkHeader | None, hint: Predictor | None) -> list[Predictor]:

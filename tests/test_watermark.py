@@ -90,7 +90,9 @@ def test_corpus_embed_verify_restore(entry):
         assert np.array_equal(read_samples(original).samples, before)
         return
 
+    pristine = copy.deepcopy(original)
     result = embed_dataset(original, KEYS)
+    assert original == pristine and original.file_meta == pristine.file_meta, "embed modified its input"
     wm = result.dataset if entry.slow else _roundtrip(result.dataset)
     px = read_samples(wm)
     assert np.array_equal(read_samples(original).samples, before), "embed modified its input"
