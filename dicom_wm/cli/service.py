@@ -99,6 +99,7 @@ def serve(
         from dicom_wm.ingest.pool import EmbeddedPool
 
         backend = EmbeddedPool(settings)
+        backend.warm_up()
     else:
         from workers.app import CeleryBackend
 

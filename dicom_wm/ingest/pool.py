@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -26,7 +27,7 @@ __all__ = ["EmbeddedPool", "retry_delay"]
 
 log = logging.getLogger(__name__)
 
-POOL_NICE = 10  # embedding yields the CPU to reception
+POOL_NICE = 19  # embedding yields the CPU to reception (and gets all of it when idle)
 
 _child_ctx: WorkerContext | None = None
 
@@ -44,6 +45,13 @@ def _init_child(settings_values: dict[str, Any], log_level: str) -> None:
     except OSError:
         pass
     _child_ctx = WorkerContext(Settings(**settings_values))
+    import dicom_wm.watermark  # noqa: F401  (load the engine before the first task)
+
+
+def _ready() -> int:
+    """A no-op run in each new pool process (see :meth:`EmbeddedPool.warm_up`)."""
+    time.sleep(0.05)
+    return os.getpid()
 
 
 def _run_child(instance_id: int, final_attempt: bool) -> TaskResult:
@@ -80,6 +88,16 @@ class EmbeddedPool:
             initializer=_init_child,
             initargs=(values, self._settings.log_level),
         )
+
+    def warm_up(self, timeout: float = 120.0) -> int:
+        """Start every pool process now (imports, engine, key store) rather
+        than during the first association. Returns how many answered."""
+        with self._lock:
+            executor = self._executor
+        if self._ctx is not None:
+            return self._settings.worker_count
+        futures = [executor.submit(_ready) for _ in range(self._settings.worker_count * 2)]
+        return len({f.result(timeout) for f in futures})
 
     def set_on_broken(self, callback: Callable[[], None]) -> None:
         self._on_broken = callback

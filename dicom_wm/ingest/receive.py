@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_wm.db.models import EventKind, Instance, InstanceState, utcnow
+from dicom_wm.db.models import Event, EventKind, Instance, InstanceState, utcnow
 from dicom_wm.fileio import atomic_write_bytes
 from dicom_wm.ingest.errors import CannotUnderstand, DatabaseUnavailable, DatasetMismatch, StorageFull
 from dicom_wm.ingest.events import add_event
@@ -210,40 +210,45 @@ def receive_instance(
                         spool_rel = spool_relpath(sop, new_token())
                         _write_spool(data, data_dir / spool_rel)
                     now = utcnow()
-                    row = Instance(
-                        **attrs,
-                        version=version,
-                        is_current=True,
-                        calling_ae=request.calling_ae,
-                        called_ae=request.called_ae,
-                        received_at=now,
-                        updated_at=now,
-                        received_transfer_syntax_uid=request.transfer_syntax_uid,
-                        received_size=len(data),
-                        received_sha256=sha,
-                        spool_path=str(spool_rel),
-                        state=InstanceState.RECEIVED,
-                        attempts=0,
-                    )
                     if versions:
                         session.execute(
-                            update(Instance)
+                            update(Instance.__table__)
                             .where(Instance.sop_instance_uid == sop, Instance.is_current.is_(True))
                             .values(is_current=False)
                         )
-                    session.add(row)
-                    session.flush()
-                    add_event(
-                        session,
-                        EventKind.RECEIVED,
-                        actor=request.calling_ae,
-                        instance_id=row.id,
-                        sop_instance_uid=sop,
-                        details={**event_common, "version": version},
+                    # Core inserts: this runs once per C-STORE, inside the association
+                    instance_id = session.execute(
+                        insert(Instance.__table__)
+                        .values(
+                            **attrs,
+                            version=version,
+                            is_current=True,
+                            calling_ae=request.calling_ae,
+                            called_ae=request.called_ae,
+                            received_at=now,
+                            updated_at=now,
+                            received_transfer_syntax_uid=request.transfer_syntax_uid,
+                            received_size=len(data),
+                            received_sha256=sha,
+                            spool_path=str(spool_rel),
+                            state=InstanceState.RECEIVED,
+                            attempts=0,
+                        )
+                        .returning(Instance.__table__.c.id)
+                    ).scalar_one()
+                    session.execute(
+                        insert(Event.__table__).values(
+                            time=now,
+                            kind=EventKind.RECEIVED.value,
+                            actor=request.calling_ae,
+                            instance_id=instance_id,
+                            sop_instance_uid=sop,
+                            details={**event_common, "version": version},
+                        )
                     )
                     session.commit()
                     outcome = ReceiveOutcome.NEW if version == 1 else ReceiveOutcome.NEW_VERSION
-                    return Received(row.id, outcome, version)
+                    return Received(instance_id, outcome, version)
             except IntegrityError:
                 continue
         raise DatabaseUnavailable(f"could not record {sop}: concurrent receptions kept conflicting")

@@ -141,16 +141,11 @@ def process_instance(ctx: WorkerContext, instance_id: int, *, final_attempt: boo
 
 
 def _claim(ctx: WorkerContext, instance_id: int) -> tuple[Instance, str] | TaskResult:
+    """Take the row (one UPDATE ... RETURNING); a final or missing row is not taken."""
     token = uuid.uuid4().hex
+    now = utcnow()
     with ctx.sessions() as session:
-        row = session.get(Instance, instance_id)
-        if row is None:
-            log.warning("instance %d: no such row", instance_id)
-            return TaskResult(instance_id, Outcome.MISSING)
-        if row.state in FINAL_STATES:
-            return TaskResult(instance_id, Outcome.ALREADY_FINAL)
-        now = utcnow()
-        res = session.execute(
+        row = session.scalars(
             update(Instance)
             .where(Instance.id == instance_id, Instance.state.in_(PENDING_STATES))
             .values(
@@ -161,12 +156,16 @@ def _claim(ctx: WorkerContext, instance_id: int) -> tuple[Instance, str] | TaskR
                 attempts=Instance.attempts + 1,
                 worker_host=ctx.host,
             )
-        )
+            .returning(Instance),
+            execution_options={"synchronize_session": False},
+        ).one_or_none()
         session.commit()
-        if res.rowcount != 1:
-            return TaskResult(instance_id, Outcome.ALREADY_FINAL)
-        session.refresh(row)
-        return row, token
+        if row is not None:
+            return row, token
+        if session.get(Instance, instance_id) is None:
+            log.warning("instance %d: no such row", instance_id)
+            return TaskResult(instance_id, Outcome.MISSING)
+        return TaskResult(instance_id, Outcome.ALREADY_FINAL)
 
 
 def _run(ctx: WorkerContext, row: Instance, token: str, started: float) -> TaskResult:
