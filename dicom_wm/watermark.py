@@ -22,7 +22,7 @@ from pydicom.dataset import Dataset
 
 from dicom_wm.engine import get_predictor
 from dicom_wm.engine.histogram_shift import WalkOrder, walk_order
-from dicom_wm.engine.plane_codec import PlaneReading, embed_plane, read_plane, reembed_plane
+from dicom_wm.engine.plane_codec import STANDARD, PlaneReading, WalkMode, embed_plane, read_plane, reembed_plane
 from dicom_wm.engine.predictors import Predictor
 from dicom_wm.errors import KeyStoreError, NotAuthentic, SelfCheckFailed, UnsupportedInput
 from dicom_wm.header import (
@@ -68,6 +68,7 @@ class VerifyStatus(str, enum.Enum):
 class EmbedOptions:
     predictor: str = "classic"  # "classic" | "learned"
     max_copies: int = 3  # payload copies per plane (at least 1 must fit)
+    roi_lossless: bool = False  # walk the detected body last (unchanged when the rest suffices)
 
 
 @dataclass
@@ -84,6 +85,8 @@ class EmbedResult:
     predictor: str
     model_sha256: str | None
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    walk_mode: str = "standard"  # "standard" | "roi-lossless"
+    body_unchanged: bool | None = None  # roi-lossless: no sample inside the body mask changed
 
 
 @dataclass
@@ -121,7 +124,9 @@ def _from_planes(planes: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return np.ascontiguousarray(planes.reshape(f, ch, r, c).transpose(0, 2, 3, 1))
 
 
-def _walks(planes: np.ndarray, predictor: Predictor, lo: int, hi: int) -> list[WalkOrder]:
+def _walks(
+    planes: np.ndarray, predictor: Predictor, lo: int, hi: int, mode: WalkMode = STANDARD
+) -> list[WalkOrder]:
     """Walk order of every plane; depends on B-lattice samples only."""
     n, r, c = planes.shape
     step = max(1, _CHUNK_SAMPLES // (r * c))
@@ -130,7 +135,9 @@ def _walks(planes: np.ndarray, predictor: Predictor, lo: int, hi: int) -> list[W
         chunk = planes[start : start + step]
         pred = predictor.predict(chunk)
         cost = predictor.complexity(chunk)
-        walks.extend(walk_order(pred[i], cost[i], lo, hi) for i in range(len(chunk)))
+        walks.extend(
+            walk_order(pred[i], cost[i], lo, hi, mode.protect(chunk[i])) for i in range(len(chunk))
+        )
     return walks
 
 
@@ -184,11 +191,12 @@ def embed_dataset(
     sample_sha = hashlib.sha256(canonical_samples(px.samples, dtype)).hexdigest()
     pcode, psha = _predictor_fields(predictor)
     planes = _to_planes(px.samples)
+    mode = WalkMode(roi=options.roi_lossless, inverted=px.photometric == "MONOCHROME1")
     digests = [
         tile_digests(secret, ruuid, p // ch_count, p % ch_count, planes[p], TILE, dtype) for p in range(len(planes))
     ]
     imac = instance_mac(secret, identity_bytes(ds), ruuid, [d for plane in digests for d in plane])
-    walks = _walks(planes, predictor, px.lo, px.hi)
+    walks = _walks(planes, predictor, px.lo, px.hi, mode)
     timings["predict"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -197,7 +205,7 @@ def embed_dataset(
     for p, walk in enumerate(walks):
         frame, channel = divmod(p, ch_count)
         template = PlaneBlock(
-            frame=frame, channel=channel, n_frames=f_count, n_channels=ch_count, lattice_pass=0, passes=1,
+            frame=frame, channel=channel, n_frames=f_count, n_channels=ch_count, lattice_pass=0, passes=1, walk_flags=0,
             copies=1, key_id=key_id, record_uuid=ruuid, instance_mac=imac, predictor_code=pcode,
             model_sha256_prefix=psha, n_used=0, moved_flags=np.zeros(0, bool), tile=TILE, tile_mac_len=4,
             first_tile=0, tile_macs=b"",
@@ -205,7 +213,7 @@ def embed_dataset(
         where = f"frame {frame + 1} of {f_count}" + (f", channel {channel}" if ch_count > 1 else "")
         emb = embed_plane(
             planes[p], walk, predictor, template, digests[p],
-            secret, px.lo, px.hi, options.max_copies, where,
+            secret, px.lo, px.hi, options.max_copies, where, mode,
         )
         out_planes[p] = emb.watermarked
         payload_bits += emb.payload_bits
@@ -233,17 +241,21 @@ def embed_dataset(
     # verifier would; the restored planes must equal the original ones and
     # every block must be ours (then every tile and instance MAC matches too).
     t = time.perf_counter()
-    problem = _self_check(out, planes, walks, predictor, keys, imac, ruuid)
+    problem = _self_check(out, planes, walks, predictor, keys, imac, ruuid, mode)
     if problem:
         raise SelfCheckFailed(f"self-check failed ({problem}); nothing was written")
     timings["self_check"] = time.perf_counter() - t
 
     psnr, max_abs = _psnr(px.samples, new_samples, px.bits_stored)
+    body_unchanged = None
+    if mode.roi:
+        changed = out_planes != planes
+        body_unchanged = not any(changed[p][mode.protect(planes[p])].any() for p in range(len(planes)))
     return EmbedResult(
         dataset=out, record_uuid=str(ruuid), key_id=key_id, payload_bits=payload_bits,
         capacity_bits=capacity_bits, psnr_db=psnr, max_abs_delta=max_abs, lossy_source=px.lossy_source,
         original_sample_sha256=sample_sha, predictor=predictor.name, model_sha256=predictor.model_sha256,
-        timings=timings,
+        timings=timings, walk_mode="roi-lossless" if mode.roi else "standard", body_unchanged=body_unchanged,
     )
 
 
@@ -255,6 +267,7 @@ def _self_check(
     keys: KeyStore,
     imac: bytes,
     ruuid: uuid.UUID,
+    mode: WalkMode,
 ) -> str | None:
     """None when extract + restore of ``out`` gives back ``planes``, else why not.
 
@@ -267,7 +280,7 @@ def _self_check(
     stored = _to_planes(px.samples)
     lookup = _secret_lookup(keys)
     for p, walk in enumerate(walks):
-        reading = read_plane(stored[p], walk, predictor, lookup, px.lo, px.hi)
+        reading = read_plane(stored[p], walk, predictor, lookup, px.lo, px.hi, mode)
         if reading.restored is None:
             return f"plane {p}: payload not readable ({reading.problem})"
         if any(b.instance_mac != imac or b.record_uuid != ruuid for b in reading.blocks):
@@ -344,13 +357,8 @@ def _verify(
     *,
     reembed: bool = True,
     predictor_hint: Predictor | None = None,
-    walks_hint: list[WalkOrder] | None = None,
 ) -> tuple[VerifyResult, np.ndarray | None]:
-    """Verify; also return the restored samples when they can be computed.
-
-    ``walks_hint`` lets the embedder's self-check reuse its A walks: they
-    were computed from the original B lattice, and the self-check's final
-    comparison (restored == original) fails if that lattice changed."""
+    """Verify; also return the restored samples when they can be computed."""
     try:
         px = read_samples(ds)
         header = read_watermark_header(ds)
@@ -365,10 +373,16 @@ def _verify(
 
     readings: list[PlaneReading] = []
     predictor: Predictor | None = None
-    for predictor in _candidate_predictors(header, predictor_hint):
-        walks = walks_hint if walks_hint is not None else _walks(planes, predictor, px.lo, px.hi)
+    inverted = px.photometric == "MONOCHROME1"
+    mode = STANDARD
+    for predictor, mode in (
+        (pred, WalkMode(roi=roi, inverted=inverted))
+        for pred in _candidate_predictors(header, predictor_hint)
+        for roi in (False, True)
+    ):
+        walks = _walks(planes, predictor, px.lo, px.hi, mode)
         readings = [
-            read_plane(planes[p], w, predictor, lookup, px.lo, px.hi) for p, w in enumerate(walks)
+            read_plane(planes[p], w, predictor, lookup, px.lo, px.hi, mode) for p, w in enumerate(walks)
         ]
         if any(r.blocks for r in readings):
             break
@@ -428,7 +442,7 @@ def _verify(
     result.payload_bits = payload_bits
     if not tampered and reembed:
         for p, reading in enumerate(readings):
-            expected_plane = reembed_plane(restored_planes[p], reading.blocks, predictor, secret, px.lo, px.hi)
+            expected_plane = reembed_plane(restored_planes[p], reading.blocks, predictor, secret, px.lo, px.hi, mode)
             diff = expected_plane != planes[p]
             if diff.any():
                 tampered |= _plane_tiles(p // ch_count, rows, cols, diff)

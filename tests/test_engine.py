@@ -93,7 +93,7 @@ def test_walk_embed_restore_is_exact_and_bounded(rng_seed, rows, cols, depth, ki
 
 
 TEMPLATE = PlaneBlock(
-    frame=0, channel=0, n_frames=1, n_channels=1, lattice_pass=0, passes=1, copies=1, key_id="ktest",
+    frame=0, channel=0, n_frames=1, n_channels=1, lattice_pass=0, passes=1, walk_flags=0, copies=1, key_id="ktest",
     record_uuid=uuid.UUID(int=7), instance_mac=bytes(16), predictor_code=0, model_sha256_prefix=bytes(16),
     n_used=0, moved_flags=np.zeros(0, bool), tile=64, tile_mac_len=4, first_tile=0, tile_macs=b"",
 )

@@ -63,8 +63,14 @@ def _a_lattice_index(rows: int, cols: int) -> np.ndarray:
     return out
 
 
-def walk_order(pred: np.ndarray, cost: np.ndarray, lo: int, hi: int) -> WalkOrder:
-    """Walk order of one plane from its prediction and complexity maps."""
+def walk_order(
+    pred: np.ndarray, cost: np.ndarray, lo: int, hi: int, protect: np.ndarray | None = None
+) -> WalkOrder:
+    """Walk order of one plane from its prediction and complexity maps.
+
+    ``protect`` (bool, plane shape) moves those positions after all others
+    (ROI-lossless mode: they are only walked if the rest cannot carry the
+    payload). It must be computed from B-lattice samples only."""
     a_idx = _a_lattice_index(*pred.shape)
     p = pred.reshape(-1)[a_idx]
     ok = ((p >= lo + 3) & (p <= hi - 2)) | (p == lo)
@@ -73,7 +79,14 @@ def walk_order(pred: np.ndarray, cost: np.ndarray, lo: int, hi: int) -> WalkOrde
     # uint16 keys let numpy's stable sort use radix sort (O(n)); ties keep
     # raster order, which is what makes the order reproducible.
     key = np.minimum(cost.reshape(-1)[a_idx], 0xFFFF).astype(np.uint16)
-    order = np.argsort(key, kind="stable")
+    if protect is None:
+        order = np.argsort(key, kind="stable")
+    else:
+        inside = protect.reshape(-1)[a_idx]
+        out_idx, in_idx = np.flatnonzero(~inside), np.flatnonzero(inside)
+        order = np.concatenate(
+            [out_idx[np.argsort(key[out_idx], kind="stable")], in_idx[np.argsort(key[in_idx], kind="stable")]]
+        )
     return WalkOrder(index=a_idx[order], pred=p[order])
 
 

@@ -30,8 +30,10 @@ from dicom_wm.engine.histogram_shift import (
     walk_order,
 )
 from dicom_wm.engine.predictors import Predictor
+from dicom_wm.engine.roi import body_mask
 from dicom_wm.errors import InsufficientCapacity
 from dicom_wm.payload.block import (
+    WALK_ROI,
     BlockError,
     PlaneBlock,
     bits_to_bytes,
@@ -50,6 +52,8 @@ __all__ = [
     "read_plane",
     "reembed_plane",
     "lattice_walk",
+    "WalkMode",
+    "STANDARD",
 ]
 
 # (copies, tile MAC bytes), best first: two copies keep tamper evidence
@@ -71,9 +75,25 @@ def from_view(view: np.ndarray, lattice_pass: int) -> np.ndarray:
     return view if lattice_pass == 0 else view[:, 1:]
 
 
-def lattice_walk(view: np.ndarray, predictor: Predictor, lattice_pass: int, lo: int, hi: int) -> WalkOrder:
+@dataclass(frozen=True)
+class WalkMode:
+    """How positions are ordered: ROI-lossless puts the body last."""
+
+    roi: bool = False
+    inverted: bool = False  # MONOCHROME1: the body is darker than the background
+
+    def protect(self, view: np.ndarray) -> np.ndarray | None:
+        return body_mask(view, inverted=self.inverted) if self.roi else None
+
+
+STANDARD = WalkMode()
+
+
+def lattice_walk(
+    view: np.ndarray, predictor: Predictor, lattice_pass: int, lo: int, hi: int, mode: WalkMode = STANDARD
+) -> WalkOrder:
     p = view[None]
-    walk = walk_order(predictor.predict(p)[0], predictor.complexity(p)[0], lo, hi)
+    walk = walk_order(predictor.predict(p)[0], predictor.complexity(p)[0], lo, hi, mode.protect(view))
     if lattice_pass == 1:  # the mirrored column is not a real position
         keep = (walk.index % view.shape[1]) != 0
         walk = WalkOrder(walk.index[keep], walk.pred[keep])
@@ -150,6 +170,7 @@ def embed_plane(
     hi: int,
     max_copies: int,
     where: str,
+    mode: WalkMode = STANDARD,
 ) -> PlaneEmbedding:
     """Embed the plane's block(s); ``template`` has every field but the
     lattice/tile/copy/walk ones, which this function fills in."""
@@ -160,7 +181,8 @@ def embed_plane(
 
         def make(n_used: int, flags: np.ndarray) -> bytes:
             block = replace(
-                template, lattice_pass=lattice_pass, passes=passes, copies=copies, n_used=n_used,
+                template, lattice_pass=lattice_pass, passes=passes, walk_flags=WALK_ROI if mode.roi else 0,
+                copies=copies, n_used=n_used,
                 moved_flags=flags, tile_mac_len=mac_len, first_tile=first, tile_macs=macs,
             )
             return encode_block(block, secret)
@@ -188,7 +210,7 @@ def embed_plane(
         if fit_a is None:
             continue
         view = lattice_view(fit_a.out.reshape(plane.shape), 1)
-        walk_b = lattice_walk(view, predictor, 1, lo, hi)
+        walk_b = lattice_walk(view, predictor, 1, lo, hi, mode)
         flat_b = view.reshape(-1)
         carriers_b = carrier_mask(flat_b[walk_b.index] - walk_b.pred)
         cap_b = int(carriers_b.sum())
@@ -253,26 +275,38 @@ class PlaneReading:
 
 
 def read_plane(
-    plane: np.ndarray, walk_a: WalkOrder, predictor: Predictor, secret_for: SecretLookup, lo: int, hi: int
+    plane: np.ndarray,
+    walk_a: WalkOrder,
+    predictor: Predictor,
+    secret_for: SecretLookup,
+    lo: int,
+    hi: int,
+    mode: WalkMode = STANDARD,
 ) -> PlaneReading:
     first = _read(plane.reshape(-1), walk_a, secret_for, lo, hi)
     if first.block is not None and first.block.passes == 1:
         return PlaneReading([first.block], first.restored.reshape(plane.shape), None)
     # Two passes (or an unreadable A pass): undo B first, then read A.
     view = lattice_view(plane, 1)
-    second = _read(view.reshape(-1), lattice_walk(view, predictor, 1, lo, hi), secret_for, lo, hi)
+    second = _read(view.reshape(-1), lattice_walk(view, predictor, 1, lo, hi, mode), secret_for, lo, hi)
     if second.block is None or second.block.lattice_pass != 1:
         blocks = [first.block] if first.block is not None else []
         return PlaneReading(blocks, None, first.problem if first.problem != "none" else second.problem)
     restored_b = np.ascontiguousarray(from_view(second.restored.reshape(view.shape), 1))
-    third = _read(restored_b.reshape(-1), lattice_walk(restored_b, predictor, 0, lo, hi), secret_for, lo, hi)
+    third = _read(restored_b.reshape(-1), lattice_walk(restored_b, predictor, 0, lo, hi, mode), secret_for, lo, hi)
     if third.block is None:
         return PlaneReading([second.block], None, third.problem)
     return PlaneReading([third.block, second.block], third.restored.reshape(plane.shape), None)
 
 
 def reembed_plane(
-    restored: np.ndarray, blocks: list[PlaneBlock], predictor: Predictor, secret: bytes, lo: int, hi: int
+    restored: np.ndarray,
+    blocks: list[PlaneBlock],
+    predictor: Predictor,
+    secret: bytes,
+    lo: int,
+    hi: int,
+    mode: WalkMode = STANDARD,
 ) -> np.ndarray:
     """Embed the decoded blocks into the restored plane again. Where the
     result differs from the received plane, the received plane was edited
@@ -280,7 +314,7 @@ def reembed_plane(
     out = restored
     for block in sorted(blocks, key=lambda b: b.lattice_pass):
         view = lattice_view(out, block.lattice_pass)
-        walk = lattice_walk(view, predictor, block.lattice_pass, lo, hi)
+        walk = lattice_walk(view, predictor, block.lattice_pass, lo, hi, mode)
         flat = view.reshape(-1)
         raw = encode_block(block, secret)
         carriers = carrier_mask(flat[walk.index[: block.n_used]] - walk.pred[: block.n_used])

@@ -19,6 +19,7 @@ import numpy as np
 __all__ = [
     "FORMAT_VERSION",
     "MAGIC",
+    "WALK_ROI",
     "TILE",
     "PREDICTOR_CODES",
     "PlaneBlock",
@@ -40,8 +41,9 @@ TILE_MAC_LENGTHS = (4, 2)
 PREDICTOR_CODES = {"classic-rhombus": 0, "learned": 1}
 
 # magic, version, frame, channel, n_frames, n_channels, lattice pass,
-# passes on this plane, copies, key id length
-_HEAD = struct.Struct(">3sBIBIBBBBB")
+# passes on this plane, walk flags, copies, key id length
+_HEAD = struct.Struct(">3sBIBIBBBBBB")
+WALK_ROI = 0x01  # walk flag: ROI-lossless order (body positions last)
 # record uuid, instance mac, predictor code; then the model sha256 prefix
 # (learned predictors only); then n_used, n_ambiguous
 _BODY = struct.Struct(">16s16sB")
@@ -62,6 +64,7 @@ class PlaneBlock:
     n_channels: int
     lattice_pass: int  # 0: A lattice (embedded first), 1: B lattice
     passes: int  # lattice passes used on this plane (1 or 2)
+    walk_flags: int  # WALK_ROI when the walk put body positions last
     copies: int
     key_id: str
     record_uuid: uuid.UUID
@@ -101,7 +104,7 @@ def encode_block(block: PlaneBlock, secret: bytes) -> bytes:
     content = (
         _HEAD.pack(
             MAGIC, FORMAT_VERSION, block.frame, block.channel, block.n_frames,
-            block.n_channels, block.lattice_pass, block.passes, block.copies, len(key_id),
+            block.n_channels, block.lattice_pass, block.passes, block.walk_flags, block.copies, len(key_id),
         )
         + key_id
         + _BODY.pack(block.record_uuid.bytes, block.instance_mac, block.predictor_code)
@@ -117,7 +120,9 @@ def encode_block(block: PlaneBlock, secret: bytes) -> bytes:
 def _parse(data: bytes) -> tuple[PlaneBlock, int]:
     """Parse without checking the MAC; returns the block and its length."""
     try:
-        magic, version, frame, channel, n_frames, n_channels, lpass, passes, copies, klen = _HEAD.unpack_from(data, 0)
+        magic, version, frame, channel, n_frames, n_channels, lpass, passes, wflags, copies, klen = _HEAD.unpack_from(
+            data, 0
+        )
         if magic != MAGIC or version != FORMAT_VERSION:
             raise BlockError("no block here")
         off = _HEAD.size
@@ -148,7 +153,7 @@ def _parse(data: bytes) -> tuple[PlaneBlock, int]:
         raise BlockError(f"malformed block: {exc}") from None
     block = PlaneBlock(
         frame=frame, channel=channel, n_frames=n_frames, n_channels=n_channels,
-        lattice_pass=lpass, passes=passes, copies=copies,
+        lattice_pass=lpass, passes=passes, walk_flags=wflags, copies=copies,
         key_id=key_id, record_uuid=uuid.UUID(bytes=ruuid), instance_mac=imac,
         predictor_code=pcode, model_sha256_prefix=msha, n_used=n_used, moved_flags=flags,
         tile=tile, tile_mac_len=mac_len, first_tile=first_tile, tile_macs=tile_macs,
