@@ -143,8 +143,11 @@ def round_dicom_wm(
 
         def done() -> bool:
             with sessions() as s:
-                n = s.scalar(select(func.count()).select_from(Instance).where(Instance.state == InstanceState.WATERMARKED))
-            return n == slices
+                counts = dict(s.execute(select(Instance.state, func.count()).group_by(Instance.state)).all())
+                if counts.get(InstanceState.FAILED):
+                    reason = s.scalar(select(Instance.state_reason).where(Instance.state == InstanceState.FAILED))
+                    raise RuntimeError(f"{counts[InstanceState.FAILED]} instance(s) FAILED, e.g.: {reason}")
+            return counts.get(InstanceState.WATERMARKED, 0) == slices
 
         wait_until(done, 900, 0.05, "every slice WATERMARKED")
         with sessions() as s:
