@@ -109,6 +109,10 @@ def embed(
     data_dir: DataDirOpt = None,
     as_json: JsonOpt = False,
     predictor: Annotated[PredictorName, typer.Option("--predictor", help="sample predictor")] = PredictorName.classic,
+    roi_lossless: Annotated[
+        bool,
+        typer.Option("--roi-lossless/--no-roi-lossless", help="leave the detected body unchanged when the rest suffices"),
+    ] = False,
 ) -> None:
     """Watermark IN into OUT (files, or directories mirrored recursively).
 
@@ -123,7 +127,7 @@ def embed(
     except Exception as exc:  # a missing model or optional dependency
         fail(f"predictor {predictor.value!r} is not available: {exc}", EXIT_CONFIG)
     jobs = plan_pairs(inp, out)
-    options = EmbedOptions(predictor=predictor.value)
+    options = EmbedOptions(predictor=predictor.value, roi_lossless=roi_lossless)
 
     def work(job: Job) -> FileRecord:
         assert job.dst is not None
@@ -131,7 +135,7 @@ def embed(
             path=str(job.src),
             status="error",
             output=str(job.dst),
-            extra={"predictor": None, "model_sha256": None, "lossy_source": None},
+            extra={"predictor": None, "model_sha256": None, "lossy_source": None, "walk_mode": None, "body_unchanged": None},
         )
         try:
             result = embed_dataset(read_dataset(job.src), store, options=options)
@@ -147,6 +151,8 @@ def embed(
             "predictor": result.predictor,
             "model_sha256": result.model_sha256,
             "lossy_source": result.lossy_source,
+            "walk_mode": result.walk_mode,
+            "body_unchanged": result.body_unchanged,
         }
         return record
 
@@ -160,6 +166,8 @@ def _fill_from_verify(record: FileRecord, result: VerifyResult) -> None:
     record.record_uuid, record.key_id = result.record_uuid, result.key_id
     record.payload_bits, record.capacity_bits = result.payload_bits, result.capacity_bits
     record.tampered_tiles = [list(t) for t in result.tampered_tiles]
+    if result.frames is not None:
+        record.extra["frames"] = result.frames
 
 
 def _render_verify(r: FileRecord) -> str:
