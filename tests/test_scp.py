@@ -8,9 +8,7 @@ import io
 import struct
 from pathlib import Path
 
-import pydicom
 import pytest
-from pydicom.uid import generate_uid
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import CTImageStorage, Verification
 from sqlalchemy import select

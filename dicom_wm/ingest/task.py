@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import enum
 import functools
+import hashlib
+import io
 import logging
 import os
 import socket
@@ -36,17 +38,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pydicom
 from sqlalchemy import update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 import dicom_wm
 from dicom_wm.db.engine import get_sessionmaker
-from dicom_wm.db.models import FINAL_STATES, PENDING_STATES, EventKind, Instance, InstanceState, utcnow
+from dicom_wm.db.models import PENDING_STATES, EventKind, Instance, InstanceState, utcnow
 from dicom_wm.errors import InsufficientCapacity, KeyStoreError, SelfCheckFailed, UnsupportedInput
-from dicom_wm.fileio import atomic_write_bytes, atomic_write_dataset, read_dataset, sha256_file
+from dicom_wm.fileio import atomic_write_bytes, read_dataset
 from dicom_wm.ingest.events import add_event
-from dicom_wm.ingest.layout import archive_relpath, new_token
+from dicom_wm.ingest.layout import archive_relpath
 from dicom_wm.keys import KeyStore
 from dicom_wm.settings import Settings
 
@@ -204,8 +207,11 @@ def _run(ctx: WorkerContext, row: Instance, token: str, started: float) -> TaskR
     target = data_dir / rel
     t = time.perf_counter()
     target.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_dataset(result.dataset, target)
-    stored_sha = sha256_file(target)
+    encoded = io.BytesIO()
+    pydicom.dcmwrite(encoded, result.dataset, enforce_file_format=True)
+    stored = encoded.getvalue()
+    stored_sha = hashlib.sha256(stored).hexdigest()
+    atomic_write_bytes(stored, target)
     timings["write"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - started
 
@@ -214,7 +220,7 @@ def _run(ctx: WorkerContext, row: Instance, token: str, started: float) -> TaskR
         "state_reason": None,
         "archive_path": str(rel),
         "stored_transfer_syntax_uid": str(result.dataset.file_meta.TransferSyntaxUID),
-        "stored_size": target.stat().st_size,
+        "stored_size": len(stored),
         "stored_sha256": stored_sha,
         "key_id": result.key_id,
         "record_uuid": str(result.record_uuid),
