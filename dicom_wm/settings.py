@@ -79,6 +79,7 @@ class Settings(BaseSettings):
     # the workers
     workers: int | None = Field(None, ge=1, description="embedded pool size / Celery concurrency; default: CPU count")
     pool: PoolKind = PoolKind.PROCESS
+    pool_nice: int = Field(10, ge=0, le=19, description="embedded pool processes run at this nice value")
     queue: str = Field("embed", description="queue serve sends new instances to")
     queues: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(KNOWN_QUEUES))
     predictor: Predictor = Predictor.CLASSIC

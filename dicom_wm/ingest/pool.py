@@ -27,8 +27,6 @@ __all__ = ["EmbeddedPool", "retry_delay"]
 
 log = logging.getLogger(__name__)
 
-POOL_NICE = 19  # embedding yields the CPU to reception (and gets all of it when idle)
-
 _child_ctx: WorkerContext | None = None
 
 
@@ -40,11 +38,12 @@ def retry_delay(settings: Settings, attempt: int) -> float:
 def _init_child(settings_values: dict[str, Any], log_level: str) -> None:
     global _child_ctx
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s [%(processName)s] %(name)s: %(message)s")
-    try:
-        os.nice(POOL_NICE)
+    settings = Settings(**settings_values)
+    try:  # embedding yields the CPU to reception (and gets all of it when idle)
+        os.nice(settings.pool_nice)
     except OSError:
         pass
-    _child_ctx = WorkerContext(Settings(**settings_values))
+    _child_ctx = WorkerContext(settings)
     import dicom_wm.watermark  # noqa: F401  (load the engine before the first task)
 
 
