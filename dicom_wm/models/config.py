@@ -44,6 +44,10 @@ class LatticeNetConfig:
         Integer weights and biases satisfy ``|w| < 2**weight_bits``.
     cost_frac_bits : int
         Fractional bits of the complexity output (``<= frac_bits``).
+    cost_offset_bits : int
+        The ranking head's output plus ``2**cost_offset_bits`` (then clipped
+        at 0) is the complexity, so it is non-negative without tying all
+        negative outputs at 0.
     """
 
     channels: int = 16
@@ -54,6 +58,7 @@ class LatticeNetConfig:
     act_clip_bits: int = 22
     weight_bits: int = 10
     cost_frac_bits: int = 4
+    cost_offset_bits: int = 14
 
     def __post_init__(self) -> None:
         if self.channels < 1 or self.channels > 64:
@@ -66,6 +71,8 @@ class LatticeNetConfig:
             raise ValueError(f"frac_bits={self.frac_bits} is outside 2..12")
         if not 0 <= self.cost_frac_bits <= self.frac_bits:
             raise ValueError(f"cost_frac_bits={self.cost_frac_bits} is outside 0..frac_bits")
+        if not 0 <= self.cost_offset_bits <= 30:
+            raise ValueError(f"cost_offset_bits={self.cost_offset_bits} is outside 0..30")
         if not 1 <= self.diff_clip_bits <= 16:
             raise ValueError(f"diff_clip_bits={self.diff_clip_bits} is outside 1..16")
         if not self.diff_clip_bits + self.frac_bits <= self.act_clip_bits <= 30:

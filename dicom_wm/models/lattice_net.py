@@ -15,7 +15,11 @@ Exactness by construction (see docs/learned-predictor.md for the proofs):
   against convolution algorithms with sub-integer rounding error), then
   rescaled by ``floor(y / 2**shift)`` (an exact power-of-two scaling and
   floor), passed through ReLU and clipped;
-* the final fixed-point combination runs in int64.
+* the final fixed-point combination runs in int64: the prediction is
+  ``floor(S4 / 4 + corr)`` clipped to ``[min4, max4 + 1]`` of the four
+  rhombus neighbours (``S4`` their sum; ``[v, v]`` when all four equal
+  ``v``), so a flat neighbourhood is predicted exactly as the classic
+  predictor does.
 
 No operation depends on the device, the summation order or TF32, so CPU and
 GPU give bit-identical predictions; :mod:`dicom_wm.models.reference` is the
@@ -184,8 +188,8 @@ class LatticeNet(nn.Module):
         rs = p // 2 - k
         skip = skip[:, :, rs : rs + hb, rs - 1 : rs - 1 + wb]
         corr = (out[:, :2] + skip).to(torch.int64)
-        mag = out[:, 2:].clamp(min=0.0).to(torch.int64)
-        return _assemble(xp, p, rows, cols, corr, mag, cfg)
+        rank = out[:, 2:].to(torch.int64)
+        return _assemble(xp, p, rows, cols, corr, rank, cfg)
 
 
 def _interleave(t: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
@@ -198,22 +202,32 @@ def _interleave(t: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
 
 
 def _assemble(
-    xp: torch.Tensor, p: int, rows: int, cols: int, corr: torch.Tensor, mag: torch.Tensor, cfg: LatticeNetConfig
+    xp: torch.Tensor, p: int, rows: int, cols: int, corr: torch.Tensor, rank: torch.Tensor, cfg: LatticeNetConfig
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    s4 = (
-        xp[:, p - 1 : p - 1 + rows, p : p + cols]
-        + xp[:, p + 1 : p + 1 + rows, p : p + cols]
-        + xp[:, p : p + rows, p - 1 : p - 1 + cols]
-        + xp[:, p : p + rows, p + 1 : p + 1 + cols]
+    """int64 fixed-point tail: pred = clip(floor(S4/4 + corr), min4, top) with
+    top = max4 + 1, or max4 when the four neighbours are equal (a flat
+    neighbourhood is predicted as its value, exactly like the classic
+    predictor, which keeps black padding at the range minimum walkable);
+    classic rhombus on B; cost = max(rank + 2**offset, 0) on A (0 on B)."""
+    nb = (
+        xp[:, p - 1 : p - 1 + rows, p : p + cols],
+        xp[:, p + 1 : p + 1 + rows, p : p + cols],
+        xp[:, p : p + rows, p - 1 : p - 1 + cols],
+        xp[:, p : p + rows, p + 1 : p + 1 + cols],
     )
+    s4 = nb[0] + nb[1] + nb[2] + nb[3]
+    lo4 = torch.minimum(torch.minimum(nb[0], nb[1]), torch.minimum(nb[2], nb[3]))
+    hi4 = torch.maximum(torch.maximum(nb[0], nb[1]), torch.maximum(nb[2], nb[3]))
     s = cfg.frac_bits
     learned = ((s4 << (s - 2)) + _interleave(corr, rows, cols)) >> s
+    learned = torch.minimum(torch.maximum(learned, lo4), hi4 + (hi4 > lo4).to(hi4.dtype))
     classic = (s4 + 2) >> 2
     r = torch.arange(rows, device=xp.device).view(-1, 1)
     c = torch.arange(cols, device=xp.device).view(1, -1)
     a_mask = ((r + c) & 1) == 0
     pred = torch.where(a_mask, learned, classic)
-    cost = _interleave(mag >> (s - cfg.cost_frac_bits), rows, cols)
+    cost = ((rank >> (s - cfg.cost_frac_bits)) + (1 << cfg.cost_offset_bits)).clamp(min=0)
+    cost = torch.where(a_mask, _interleave(cost, rows, cols), torch.zeros_like(pred))
     return pred, cost
 
 

@@ -73,7 +73,7 @@ def reference_forward(
     rs = p // 2 - k
     skip = skip[:, :, rs : rs + hb, rs - 1 : rs - 1 + wb]
     corr = out[:, :2] + skip
-    mag = np.maximum(out[:, 2:], 0)
+    rank = out[:, 2:]
 
     def interleave(t: np.ndarray) -> np.ndarray:
         full = np.zeros((n, 2 * hb, 2 * wb), dtype=np.int64)
@@ -81,14 +81,20 @@ def reference_forward(
         full[:, 1::2, 1::2] = t[:, 1]
         return full[:, :rows, :cols]
 
-    s4 = (
-        xp[:, p - 1 : p - 1 + rows, p : p + cols]
-        + xp[:, p + 1 : p + 1 + rows, p : p + cols]
-        + xp[:, p : p + rows, p - 1 : p - 1 + cols]
-        + xp[:, p : p + rows, p + 1 : p + 1 + cols]
+    nb = np.stack(
+        (
+            xp[:, p - 1 : p - 1 + rows, p : p + cols],
+            xp[:, p + 1 : p + 1 + rows, p : p + cols],
+            xp[:, p : p + rows, p - 1 : p - 1 + cols],
+            xp[:, p : p + rows, p + 1 : p + 1 + cols],
+        )
     )
+    s4 = nb.sum(axis=0)
     s = config.frac_bits
     a_mask = ((np.arange(rows)[:, None] + np.arange(cols)[None, :]) & 1) == 0
-    pred = np.where(a_mask, ((s4 << (s - 2)) + interleave(corr)) >> s, (s4 + 2) >> 2)
-    cost = interleave(mag >> (s - config.cost_frac_bits))
+    lo4, hi4 = nb.min(axis=0), nb.max(axis=0)
+    learned = np.clip(((s4 << (s - 2)) + interleave(corr)) >> s, lo4, hi4 + (hi4 > lo4))
+    pred = np.where(a_mask, learned, (s4 + 2) >> 2)
+    cost = np.maximum((interleave(rank) >> (s - config.cost_frac_bits)) + (1 << config.cost_offset_bits), 0)
+    cost = np.where(a_mask, cost, 0)
     return pred, cost

@@ -1,0 +1,261 @@
+"""Benchmark: learned vs classic predictor on the held-out images.
+
+    python bench/bench_predictor.py                # held-out split, markdown tables
+    python bench/bench_predictor.py --threads 2 --speed-slices 8
+
+For every held-out file of dicom_wm.models.corpus and both predictors, in
+one run: single-layer capacity (A-lattice carriers e in {0, -1} on the positions
+the engine's walk_order makes walkable), and PSNR (peak 2**BitsStored - 1) and
+max |delta| after embedding a random payload of 0.01, 0.05, 0.1, 0.2 bpp and
+of the full capacity, with the engine's own walk and embed
+(dicom_wm.engine.histogram_shift). Beside them: the Kalker-Willems
+rate-distortion bound for the classic predictor's prediction-error
+histogram (the largest H(Y) - H(X) at a given squared-error distortion,
+computed numerically). Last, predict speed on 512x512 slices, learned
+against classic in the same run.
+
+bpp = payload bits / samples of one frame-channel; the payload of an image
+is split evenly over its planes (frames x channels).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dicom_wm.engine.histogram_shift import carrier_mask, embed_walk, walk_order  # noqa: E402
+from dicom_wm.engine.learned import LearnedPredictor, load_learned_predictor  # noqa: E402
+from dicom_wm.engine.predictors import ClassicRhombus, Predictor  # noqa: E402
+from dicom_wm.models.corpus import HELD_OUT_FILES, CorpusImage, is_available, load_image  # noqa: E402
+
+PAYLOADS_BPP = (0.01, 0.05, 0.1, 0.2)
+
+
+@dataclass
+class Result:
+    capacity_bits: int
+    walkable: int
+    psnr: dict[str, float | None]  # payload label -> PSNR (None: beyond capacity)
+    max_abs: dict[str, int | None]
+    errors: np.ndarray  # prediction errors on walkable positions (all planes)
+
+
+def _psnr(sq_err: float, n: int, bits: int) -> float:
+    peak = float((1 << bits) - 1)
+    mse = sq_err / n
+    return math.inf if mse == 0 else 10 * math.log10(peak * peak / mse)
+
+
+def _walk_length(carriers: np.ndarray, bits: int) -> int:
+    """Walk positions needed to carry ``bits`` bits (caller checked capacity)."""
+    if bits == 0:
+        return 0
+    return int(np.searchsorted(np.cumsum(carriers, dtype=np.int64), bits)) + 1
+
+
+def evaluate(im: CorpusImage, predictor: Predictor, rng_seed: int = 0) -> Result:
+    planes = im.planes
+    n, rows, cols = planes.shape
+    if isinstance(predictor, LearnedPredictor):
+        pred, cost = predictor.predict_and_complexity(planes)
+    else:
+        pred, cost = predictor.predict(planes), predictor.complexity(planes)
+    walks = [walk_order(pred[i], cost[i], im.lo, im.hi) for i in range(n)]
+    flats = [planes[i].reshape(-1) for i in range(n)]
+    carriers = [carrier_mask(f[w.index] - w.pred) for f, w in zip(flats, walks)]
+    caps = [int(c.sum()) for c in carriers]
+    errors = np.concatenate([f[w.index] - w.pred for f, w in zip(flats, walks)])
+    labels = [f"{b:g} bpp" for b in PAYLOADS_BPP] + ["max"]
+    psnr: dict[str, float | None] = {}
+    max_abs: dict[str, int | None] = {}
+    for label, bpp in zip(labels, list(PAYLOADS_BPP) + [None]):
+        rng = np.random.default_rng(rng_seed)
+        sq = 0.0
+        worst = 0
+        ok = True
+        for f, w, c, cap in zip(flats, walks, carriers, caps):
+            bits = cap if bpp is None else int(round(bpp * rows * cols))
+            if bits > cap:
+                ok = False
+                break
+            used = _walk_length(c, bits)
+            stream = np.zeros(int(c[:used].sum()), dtype=np.int64)
+            stream[:bits] = rng.integers(0, 2, bits)
+            out = embed_walk(f, w, stream, used, im.lo, im.hi)
+            d = out - f
+            sq += float(np.dot(d, d))
+            worst = max(worst, int(np.abs(d).max(initial=0)))
+        psnr[label] = _psnr(sq, planes.size, im.bits_stored) if ok else None
+        max_abs[label] = worst if ok else None
+    return Result(sum(caps), sum(len(w.index) for w in walks), psnr, max_abs, errors)
+
+
+def kalker_willems(errors: np.ndarray, max_shift: int = 3, iters: int = 400) -> list[tuple[float, float]]:
+    """Points (D, R) of the reversible rate-distortion bound for i.i.d. host
+    errors with the histogram of ``errors``: R = max H(Y) - H(X) [bits per
+    sample] subject to E (Y - X)**2 <= D, by exponentiated-gradient ascent
+    on the Lagrangian H(Y) - lam * E d for a grid of lam (transitions
+    restricted to |Y - X| <= max_shift, which is where the optimum lives at
+    these distortions). A numerical estimate from below; rates beyond the
+    curve (a very wide histogram needs |Y - X| > max_shift) print as "—"."""
+    lo, hi = int(errors.min()), int(errors.max())
+    hist = np.bincount(errors - lo, minlength=hi - lo + 1).astype(np.float64)
+    keep = hist > 0
+    xs = np.arange(lo, hi + 1)[keep]
+    p = hist[keep] / hist.sum()
+    hx = float(-(p * np.log2(p)).sum())
+    shifts = np.arange(-max_shift, max_shift + 1)
+    y_index = (xs[:, None] + shifts[None, :]) - (lo - max_shift)
+    ny = hi - lo + 1 + 2 * max_shift
+    d = (shifts**2).astype(np.float64)[None, :]
+    points = []
+    for lam in np.geomspace(1e-4, 200.0, 48):
+        pi = p[:, None] * np.exp(-lam * d)
+        pi *= p[:, None] / pi.sum(axis=1, keepdims=True)
+        for _ in range(iters):
+            q = np.bincount(y_index.ravel(), weights=pi.ravel(), minlength=ny)
+            g = -np.log(np.maximum(q[y_index], 1e-300)) - lam * d
+            g -= g.max(axis=1, keepdims=True)
+            pi = pi * np.exp(0.5 * g)
+            pi *= p[:, None] / pi.sum(axis=1, keepdims=True)
+        q = np.bincount(y_index.ravel(), weights=pi.ravel(), minlength=ny)
+        q = q[q > 0]
+        points.append((float((pi * d).sum()), float(-(q * np.log2(q)).sum()) - hx))
+    return sorted(points)
+
+
+def bound_psnr(points: list[tuple[float, float]], rate: float, share: float, bits: int) -> float | None:
+    """PSNR of the bound at ``rate`` bits per walkable sample; ``share`` =
+    walkable samples / all samples."""
+    ds = np.array([pt[0] for pt in points])
+    rs = np.maximum.accumulate(np.array([pt[1] for pt in points]))
+    if rate > rs[-1]:
+        return None
+    dist = float(np.interp(rate, rs, ds))
+    mse = dist * share
+    peak = float((1 << bits) - 1)
+    return math.inf if mse == 0 else 10 * math.log10(peak * peak / mse)
+
+
+def ideal_psnr(bits: int, n_samples: int, bits_stored: int) -> float:
+    """PSNR if every walked position were a carrier: a random payload of
+    ``bits`` bits then moves bits / 2 samples by 1 (the best any placement
+    can do with this embedding rule)."""
+    return _psnr(bits / 2, n_samples, bits_stored)
+
+
+def fmt(v: float | int | None, spec: str = ".2f") -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float) and math.isinf(v):
+        return "inf"
+    return format(v, spec)
+
+
+def speed(learned: LearnedPredictor, slices: int, repeats: int) -> tuple[float, float]:
+    """Slices/s of prediction + complexity (what the engine asks for) on
+    512x512 slices, best of ``repeats``, classic then learned."""
+    im = load_image("693_UNCR.dcm")
+    planes = np.repeat(im.planes[:1], slices, axis=0)
+    classic = ClassicRhombus()
+
+    def run_classic(x: np.ndarray) -> None:
+        classic.predict(x)
+        classic.complexity(x)
+
+    def run_learned(x: np.ndarray) -> None:
+        learned._cache = None  # time the forward pass, not the cache
+        learned.predict_and_complexity(x)
+
+    out = []
+    for fn in (run_classic, run_learned):
+        fn(planes[:1])
+        best = math.inf
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn(planes)
+            best = min(best, time.perf_counter() - t)
+        out.append(slices / best)
+    return out[0], out[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="learned vs classic predictor on the held-out split")
+    ap.add_argument("--files", nargs="*", default=list(HELD_OUT_FILES))
+    ap.add_argument("--model", default=None, help="model card name (default card if omitted)")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--speed-slices", type=int, default=4)
+    ap.add_argument("--no-bound", action="store_true")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    learned = load_learned_predictor(args.model, args.device)
+    classic = ClassicRhombus()
+    print(f"learned: {learned.name} sha256 {learned.model_sha256} on {learned.device}; baseline: {classic.name}\n")
+
+    cap_rows = []
+    psnr_rows = []
+    for name in args.files:
+        if not is_available(name):
+            print(f"skip {name}: not installed")
+            continue
+        im = load_image(name)
+        rc = evaluate(im, classic)
+        rl = evaluate(im, learned)
+        n_samples = im.planes.size
+        nplanes = im.planes.shape[0]
+        cap_rows.append(
+            f"| {name} | {im.modality} | {im.bits_stored}{'s' if im.signed else 'u'} | "
+            f"{'x'.join(map(str, im.planes.shape))} | {rc.capacity_bits} | {rl.capacity_bits} | "
+            f"{100 * (rl.capacity_bits / max(rc.capacity_bits, 1) - 1):+.1f}% | "
+            f"{rc.capacity_bits / n_samples:.4f} | {rl.capacity_bits / n_samples:.4f} |"
+        )
+        points = None if args.no_bound else kalker_willems(rc.errors)
+        share = rc.walkable / n_samples
+        for label in rc.psnr:
+            if label == "max":
+                bpp = rc.capacity_bits / n_samples
+                lab = f"max (classic {bpp:.4f} / learned {rl.capacity_bits / n_samples:.4f} bpp)"
+            else:
+                bpp = float(label.split()[0])
+                lab = label
+            kw = None
+            if points is not None and share > 0:
+                kw = bound_psnr(points, bpp / share, share, im.bits_stored)
+            ideal = ideal_psnr(int(round(bpp * im.planes.shape[1] * im.planes.shape[2])) * nplanes, n_samples, im.bits_stored)
+            pc, pl = rc.psnr[label], rl.psnr[label]
+            gain = None if pc is None or pl is None or math.isinf(pc) or math.isinf(pl) else pl - pc
+            psnr_rows.append(
+                f"| {name} | {lab} | {fmt(pc)} | {fmt(pl)} | {fmt(gain, '+.2f')} | "
+                f"{fmt(rc.max_abs[label], 'd')} / {fmt(rl.max_abs[label], 'd')} | {fmt(ideal)} | {fmt(kw)} |"
+            )
+        print(f"done {name} ({nplanes} planes)", file=sys.stderr, flush=True)
+
+    print("### Single-layer capacity (bits)\n")
+    print("| file | modality | bits | planes | classic | learned | gain | classic bpp | learned bpp |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n".join(cap_rows))
+    print("\n### PSNR (dB, peak 2^BitsStored-1) and max |Δ|\n")
+    print("| file | payload | classic | learned | Δ dB | max abs Δ c / l | ideal placement | KW bound (classic errors) |")
+    print("|---|---|---|---|---|---|---|---|")
+    print("\n".join(psnr_rows))
+    if args.speed_slices:
+        c, lr = speed(learned, args.speed_slices, 3)
+        print(f"\n### predict speed, 512x512 slices, {args.threads} thread(s), {learned.device}\n")
+        print("| classic slices/s | learned slices/s | learned / classic |")
+        print("|---|---|---|")
+        print(f"| {c:.1f} | {lr:.2f} | {lr / c:.4f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
