@@ -165,11 +165,17 @@ def embed_dataset(
     record_uuid: uuid.UUID | None = None,
     options: EmbedOptions | None = None,
 ) -> EmbedResult:
-    """Watermark ``ds`` (not modified). Raises UnsupportedInput,
-    InsufficientCapacity, SelfCheckFailed, KeyStoreError."""
+    """Watermark ``ds`` (not modified): image pixel data, or waveform samples
+    (dicom_wm.waveform). Raises UnsupportedInput, InsufficientCapacity,
+    SelfCheckFailed, KeyStoreError."""
     options = options or EmbedOptions()
     if not 1 <= options.max_copies <= 255:
         raise ValueError(f"max_copies {options.max_copies} must be in 1..255")
+    if "PixelData" not in ds:
+        from dicom_wm.waveform import embed_waveform, is_waveform  # imports this module
+
+        if is_waveform(ds):
+            return embed_waveform(ds, keys, record_uuid=record_uuid, max_copies=options.max_copies)
     timings: dict[str, float] = {}
     t = time.perf_counter()
     if read_watermark_header(ds) is not None:
@@ -527,12 +533,22 @@ def _longest_increasing(seq: list[int]) -> set[int]:
 
 def verify_dataset(ds: Dataset, keys: KeyStore) -> VerifyResult:
     """Never raises for bad input: problems come back as a status + error."""
+    if "PixelData" not in ds:
+        from dicom_wm.waveform import is_waveform, verify_waveform
+
+        if is_waveform(ds):
+            return verify_waveform(ds, keys)
     return _verify(ds, keys)[0]
 
 
 def restore_dataset(ds: Dataset, keys: KeyStore, *, force: bool = False) -> RestoreResult:
     """Give back the original. Raises NotAuthentic unless the instance verifies
     (or ``force``), UnsupportedInput / NotAuthentic when nothing can be restored."""
+    if "PixelData" not in ds:
+        from dicom_wm.waveform import is_waveform, restore_waveform
+
+        if is_waveform(ds):
+            return restore_waveform(ds, keys, force=force)
     result, restored = _verify(ds, keys)
     if result.status is VerifyStatus.UNSUPPORTED:
         raise UnsupportedInput(result.error or "unsupported")

@@ -424,3 +424,58 @@ def test_readme_opens_with_two_setup_commands_and_ci_runs_the_second():
     ci = (root / ".ci" / "run").read_text().splitlines()
     assert commands[1] in ci
     assert ci[-1] == commands[1]
+
+
+def test_verify_series_reports_missing_and_added(tmp_path):
+    """`verify --series DIR`: per-instance statuses plus what is missing from
+    the series (an InstanceNumber gap) or added to it (another series)."""
+    import copy
+    import json as _json
+
+    import pydicom
+    from pydicom.uid import generate_uid
+    from typer.testing import CliRunner
+
+    from dicom_wm.cli.app import app
+    from dicom_wm.keys import KeyStore
+    from dicom_wm.watermark import embed_dataset
+
+    keys_path = tmp_path / "keys.json"
+    store = KeyStore.init(keys_path)
+    src = pydicom.dcmread(pydicom.data.get_testdata_file("MR-SIEMENS-DICOM-WithOverlays.dcm"))
+    series_uid, series_dir = generate_uid(), tmp_path / "series"
+    series_dir.mkdir()
+    for n in (1, 2, 4):  # instance 3 is missing
+        ds = copy.deepcopy(src)
+        ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.InstanceNumber = series_uid, generate_uid(), n
+        embed_dataset(ds, store).dataset.save_as(series_dir / f"{n}.dcm", enforce_file_format=True)
+    foreign = copy.deepcopy(src)
+    foreign.SeriesInstanceUID, foreign.SOPInstanceUID, foreign.InstanceNumber = generate_uid(), generate_uid(), 9
+    embed_dataset(foreign, store).dataset.save_as(series_dir / "foreign.dcm", enforce_file_format=True)
+
+    result = CliRunner().invoke(app, ["verify", "--series", str(series_dir), "--keys", str(keys_path), "--json"])
+    assert result.exit_code == 1, result.output
+    report = _json.loads(result.output.strip().splitlines()[-1])
+    assert report["ok"] is False
+    assert [m["instance_number"] for m in report["missing"]] == [3]
+    assert report["added"] == [str(series_dir / "foreign.dcm")]
+    assert {i["status"] for i in report["instances"]} == {"authentic"}
+
+
+def test_waveform_goes_through_the_same_cli(tmp_path):
+    import pydicom
+    from typer.testing import CliRunner
+
+    from dicom_wm.cli.app import app
+    from dicom_wm.keys import KeyStore
+
+    keys_path = tmp_path / "keys.json"
+    KeyStore.init(keys_path)
+    src = pydicom.data.get_testdata_file("waveform_ecg.dcm")
+    runner = CliRunner()
+    out, back = tmp_path / "ecg_wm.dcm", tmp_path / "ecg_back.dcm"
+    assert runner.invoke(app, ["embed", src, str(out), "--keys", str(keys_path)]).exit_code == 0
+    assert runner.invoke(app, ["verify", str(out), "--keys", str(keys_path)]).exit_code == 0
+    assert runner.invoke(app, ["restore", str(out), str(back), "--keys", str(keys_path)]).exit_code == 0
+    a, b = pydicom.dcmread(src), pydicom.dcmread(back)
+    assert a.WaveformSequence[0].WaveformData == b.WaveformSequence[0].WaveformData

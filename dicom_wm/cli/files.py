@@ -185,6 +185,18 @@ def verify(
     keys: KeysOpt = None,
     data_dir: DataDirOpt = None,
     as_json: JsonOpt = False,
+    series: Annotated[
+        bool,
+        typer.Option(
+            "--series",
+            help="treat the PATHs as one series (or give a Series Instance UID with a database): "
+            "also report instances missing from it or added to it",
+        ),
+    ] = False,
+    db: Annotated[
+        str | None,
+        typer.Option("--db", envvar="DICOM_WM_DB", help="database URL for --series provenance", show_default=False),
+    ] = None,
 ) -> None:
     """Check watermarks and report each file's status.
 
@@ -193,6 +205,8 @@ def verify(
     or unknown key) or unsupported. Exits 0 only if every file is authentic.
     """
     store = load_keystore(keys, data_dir)
+    if series:
+        raise typer.Exit(_verify_series(paths, store, data_dir, db, as_json))
     jobs = plan_inputs(paths)
 
     def work(job: Job) -> FileRecord:
@@ -208,6 +222,46 @@ def verify(
 
     progress = any(p.is_dir() for p in paths)
     raise typer.Exit(run_jobs(jobs, work, as_json=as_json, render=_render_verify, progress=progress))
+
+
+def _verify_series(paths: list[Path], store, data_dir: Path | None, db: str | None, as_json: bool) -> int:
+    """``verify --series``: one report for the whole series."""
+    import json
+
+    from dicom_wm.keys import default_data_dir
+    from dicom_wm.series import archived_series_paths, verify_series
+    from dicom_wm.settings import SQLITE_FILE
+
+    base = default_data_dir(data_dir)
+    url = db or (f"sqlite:///{(base / SQLITE_FILE).resolve()}" if (base / SQLITE_FILE).exists() else None)
+    items: list = [p for p in paths]
+    uid = None
+    if len(paths) == 1 and not paths[0].exists():
+        uid = str(paths[0])
+        if url is None:
+            fail(f"{uid} is not a path, and no database is configured to look up that series", EXIT_CONFIG)
+    if url is None:
+        report = verify_series(items, store)
+    else:
+        from dicom_wm.db import session_scope
+
+        with session_scope(url) as session:
+            if uid is not None:
+                items = archived_series_paths(session, uid, base)
+            report = verify_series(items, store, series_uid=uid, session=session)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict()))
+    else:
+        for inst in report.instances:
+            tail = f"  {_tiles_text(inst.tampered_tiles)}" if inst.tampered_tiles else ""
+            tail += f"  ({inst.error})" if inst.error else ""
+            typer.echo(f"{inst.status.value}  {inst.source}{tail}")
+        for m in report.missing:
+            typer.echo(f"missing  instance {m.instance_number or '?'} {m.sop_instance_uid or ''} ({m.reason})")
+        for a in report.added:
+            typer.echo(f"added  {a.source} ({a.added_reason})")
+        typer.echo(f"series {report.series_instance_uid or '?'}: {'ok' if report.ok else 'NOT ok'}")
+    return 0 if report.ok else 1
 
 
 # -- restore -------------------------------------------------------------------------
