@@ -15,5 +15,5 @@ def get_predictor(name: str) -> Predictor:
     if name == "learned" or name.startswith("learned"):
         from dicom_wm.engine.learned import load_learned_predictor
 
-        return load_learned_predictor()
+        return load_learned_predictor(None if name == "learned" else name)
     raise ValueError(f"unknown predictor {name!r}; choose one of {', '.join(PREDICTOR_NAMES)}")
