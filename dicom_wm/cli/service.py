@@ -107,6 +107,9 @@ def serve(
     dispatcher = Dispatcher(
         sessions, backend, queue_name=settings.queue, actor=f"{settings.ae_title}@dispatcher",
         reconcile_interval_s=settings.reconcile_interval_s, stale_after_s=settings.stale_after_s,
+        # reception first only where the workers share this machine
+        quiet_s=settings.reception_quiet_s if settings.embedded else 0.0,
+        max_hold_s=settings.reception_max_hold_s,
     )
     if settings.embedded:
         backend.set_on_broken(lambda: dispatcher.enqueue_many(pending_instance_ids(sessions), "pool restart"))

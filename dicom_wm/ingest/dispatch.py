@@ -90,6 +90,8 @@ class Dispatcher:
         actor: str = "dispatcher",
         reconcile_interval_s: float = 60.0,
         stale_after_s: float = 900.0,
+        quiet_s: float = 0.0,
+        max_hold_s: float = 10.0,
     ) -> None:
         self._sessions = sessions
         self._backend = backend
@@ -97,6 +99,9 @@ class Dispatcher:
         self._actor = actor
         self._reconcile_interval_s = reconcile_interval_s
         self._stale_after_s = stale_after_s
+        self._quiet_s = quiet_s
+        self._max_hold_s = max_hold_s
+        self._last_enqueue = 0.0
         self._ids: queue.Queue[tuple[int, str | None]] = queue.Queue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -122,6 +127,7 @@ class Dispatcher:
 
     def enqueue(self, instance_id: int, reason: str | None = None) -> None:
         """Queue a committed row (cheap; called from association threads)."""
+        self._last_enqueue = time.monotonic()
         self._idle.clear()
         self._ids.put((instance_id, reason))
 
@@ -159,12 +165,34 @@ class Dispatcher:
         while not self._stop.is_set():
             batch = self._take_batch(timeout=0.2)
             if batch:
-                self._dispatch(batch)
+                self._hold_while_receiving(batch)
+                for start in range(0, len(batch), _BATCH):
+                    self._dispatch(batch[start : start + _BATCH])
             elif self._ids.empty():
                 self._idle.set()
             if time.monotonic() >= next_reconcile:
                 next_reconcile = time.monotonic() + self._reconcile_interval_s
                 self.reconcile()
+
+    def _hold_while_receiving(self, batch: list[tuple[int, str | None]]) -> None:
+        """Reception first: while instances keep arriving (one less than
+        ``quiet_s`` ago), keep collecting instead of dispatching, for at most
+        ``max_hold_s``. On a small machine this keeps watermarking from
+        slowing the associations down; the cap keeps a continuous stream from
+        starving the workers."""
+        if self._quiet_s <= 0:
+            return
+        held_since = time.monotonic()
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now - self._last_enqueue >= self._quiet_s or now - held_since >= self._max_hold_s:
+                return
+            time.sleep(min(0.05, self._quiet_s))
+            while True:
+                try:
+                    batch.append(self._ids.get_nowait())
+                except queue.Empty:
+                    break
 
     def _take_batch(self, timeout: float) -> list[tuple[int, str | None]]:
         try:
