@@ -1,0 +1,174 @@
+"""The dispatcher: committed ids -> QUEUED + backend; re-queue on start and
+when stuck; a refusing backend leaves rows RECEIVED; reception first."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+
+from dicom_wm.db import Event, Instance, InstanceState, get_sessionmaker, migrate, utcnow
+from dicom_wm.ingest.dispatch import Dispatcher
+from ingest_support import wait_until
+
+
+class FakeBackend:
+    name = "fake"
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.submitted: list[tuple[float, int]] = []
+        self.lock = threading.Lock()
+
+    def submit(self, instance_id: int) -> None:
+        if self.fail:
+            raise ConnectionError("broker down")
+        with self.lock:
+            self.submitted.append((time.monotonic(), instance_id))
+
+    def ids(self) -> list[int]:
+        with self.lock:
+            return [i for _t, i in self.submitted]
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def sessions(tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    migrate.upgrade(url)
+    return get_sessionmaker(url)
+
+
+def _rows(sessions, n: int, state: InstanceState = InstanceState.RECEIVED) -> list[int]:
+    now = utcnow()
+    with sessions() as s:
+        rows = [
+            Instance(sop_instance_uid=f"1.2.3.{i}", version=1, is_current=True, sop_class_uid="1.2", study_instance_uid="1.2.3",
+                     series_instance_uid="1.2.3.1", received_at=now, updated_at=now, received_transfer_syntax_uid="1.2.840.10008.1.2.1",
+                     received_size=1, received_sha256=f"{i:064d}", state=state, attempts=0, spool_path=f"spool/{i}")
+            for i in range(1, n + 1)
+        ]
+        s.add_all(rows)
+        s.commit()
+        return [r.id for r in rows]
+
+
+def _states(sessions) -> list[str]:
+    with sessions() as s:
+        return [st.value for st in s.scalars(select(Instance.state).order_by(Instance.id))]
+
+
+def test_enqueued_rows_become_queued_with_events(sessions) -> None:
+    ids = _rows(sessions, 3)
+    backend = FakeBackend()
+    d = Dispatcher(sessions, backend, actor="T@dispatcher")
+    d.start(requeue_pending=False)
+    try:
+        for i in ids:
+            d.enqueue(i)
+        wait_until(lambda: sorted(backend.ids()) == ids, 10, what="submissions")
+    finally:
+        d.stop()
+    assert _states(sessions) == ["QUEUED"] * 3
+    with sessions() as s:
+        events = s.scalars(select(Event).where(Event.kind == "queued")).all()
+        assert len(events) == 3 and {e.actor for e in events} == {"T@dispatcher"}
+
+
+def test_start_requeues_every_non_final_row(sessions) -> None:
+    pending = _rows(sessions, 2) + _rows(sessions, 0)
+    with sessions() as s:
+        s.execute(update(Instance).where(Instance.id == pending[1]).values(state=InstanceState.WATERMARKING))
+        s.commit()
+    now = utcnow()
+    with sessions() as s:
+        s.add(Instance(sop_instance_uid="9.9", version=1, is_current=True, sop_class_uid="1.2", study_instance_uid="1.2.3",
+                       series_instance_uid="1.2.3.1", received_at=now, updated_at=now, received_transfer_syntax_uid="1.2",
+                       received_size=1, received_sha256="f" * 64, state=InstanceState.WATERMARKED, attempts=1))
+        s.commit()
+    backend = FakeBackend()
+    d = Dispatcher(sessions, backend)
+    assert d.start() == 2
+    try:
+        wait_until(lambda: sorted(backend.ids()) == pending, 10, what="re-queued rows")
+    finally:
+        d.stop()
+    assert _states(sessions) == ["QUEUED", "WATERMARKING", "WATERMARKED"]
+
+
+def test_refusing_backend_leaves_rows_received_for_the_reconciler(sessions) -> None:
+    ids = _rows(sessions, 2)
+    d = Dispatcher(sessions, FakeBackend(fail=True))
+    d.start(requeue_pending=False)
+    try:
+        for i in ids:
+            d.enqueue(i)
+        wait_until(lambda: _states(sessions) == ["RECEIVED", "RECEIVED"] and d.wait_idle(0.1), 10, what="rows back")
+    finally:
+        d.stop()
+    with sessions() as s:
+        assert all("could not queue" in (e or "") for e in s.scalars(select(Instance.last_error)))
+        s.execute(update(Instance).values(updated_at=utcnow() - timedelta(minutes=5)))
+        s.commit()
+    backend = FakeBackend()
+    d2 = Dispatcher(sessions, backend)
+    d2.start(requeue_pending=False)
+    try:
+        assert d2.reconcile() == 2
+        wait_until(lambda: sorted(backend.ids()) == ids, 10, what="reconciled rows")
+    finally:
+        d2.stop()
+
+
+def test_stale_watermarking_rows_are_requeued(sessions) -> None:
+    (iid,) = _rows(sessions, 1, InstanceState.WATERMARKING)
+    with sessions() as s:
+        s.execute(update(Instance).values(claimed_at=utcnow() - timedelta(seconds=30)))
+        s.commit()
+    backend = FakeBackend()
+    d = Dispatcher(sessions, backend, stale_after_s=10)
+    d.start(requeue_pending=False)
+    try:
+        assert d.reconcile() == 1
+        wait_until(lambda: backend.ids() == [iid], 10, what="stale row re-queued")
+    finally:
+        d.stop()
+
+
+def test_reception_first_holds_work_while_instances_arrive(sessions) -> None:
+    ids = _rows(sessions, 12)
+    backend = FakeBackend()
+    d = Dispatcher(sessions, backend, quiet_s=0.3, max_hold_s=10)
+    d.start(requeue_pending=False)
+    try:
+        for i in ids:
+            d.enqueue(i)
+            last_arrival = time.monotonic()
+            time.sleep(0.1)  # a steady stream: never 0.3 s without an arrival
+        assert backend.ids() == []
+        wait_until(lambda: sorted(backend.ids()) == ids, 10, what="held work")
+        assert min(t for t, _i in backend.submitted) >= last_arrival + 0.25
+    finally:
+        d.stop()
+
+
+def test_reception_first_never_holds_longer_than_the_cap(sessions) -> None:
+    ids = _rows(sessions, 30)
+    backend = FakeBackend()
+    d = Dispatcher(sessions, backend, quiet_s=0.3, max_hold_s=1.0)
+    d.start(requeue_pending=False)
+    try:
+        started = time.monotonic()
+        for i in ids:
+            d.enqueue(i)
+            time.sleep(0.1)
+        assert backend.submitted and backend.submitted[0][0] - started < 2.0
+        wait_until(lambda: sorted(backend.ids()) == ids, 10, what="all work")
+    finally:
+        d.stop()
