@@ -54,6 +54,7 @@ def _logging(settings: Settings) -> None:
     )
     if settings.log_level != "DEBUG":
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+        logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
