@@ -160,12 +160,42 @@ def test_database_failure_removes_the_spool_file(env, monkeypatch: pytest.Monkey
     sessions, root = env
     from sqlalchemy.orm import Session
 
-    def broken_commit(self: Session) -> None:
-        raise OperationalError("COMMIT", {}, Exception("disk I/O error"))
+    real_execute = Session.execute
 
-    monkeypatch.setattr(Session, "commit", broken_commit)
+    def failing_insert(self: Session, statement, *a, **k):  # type: ignore[no-untyped-def]
+        if getattr(statement, "is_insert", False):
+            raise OperationalError("INSERT", {}, Exception("disk I/O error"))
+        return real_execute(self, statement, *a, **k)
+
+    monkeypatch.setattr(Session, "execute", failing_insert)
     ds = small_ct()
     data, header = _encode(ds)
     with pytest.raises(DatabaseUnavailable, match="disk I/O error"):
         receive_instance(sessions, root, data, header, _request(ds))
+    assert _files(root) == []
+
+
+def test_failed_commit_keeps_the_complete_file_until_the_next_start(env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A COMMIT whose reply was lost may have committed: the complete spool
+    file stays; with no row referring to it, serve's start-up removes it."""
+    sessions, root = env
+    from sqlalchemy.orm import Session
+
+    from dicom_wm.ingest.runtime import clean_spool
+    from dicom_wm.settings import load_settings
+
+    def broken_commit(self: Session) -> None:
+        raise OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"))
+
+    monkeypatch.setattr(Session, "commit", broken_commit)
+    ds = small_ct()
+    data, header = _encode(ds)
+    with pytest.raises(DatabaseUnavailable, match="closed the connection"):
+        receive_instance(sessions, root, data, header, _request(ds))
+    monkeypatch.undo()
+    (kept,) = _files(root)
+    assert kept.read_bytes() == data
+    with sessions() as s:
+        assert s.query(Instance).count() == 0
+    assert clean_spool(load_settings(data_dir=root), sessions) == 1
     assert _files(root) == []

@@ -181,17 +181,20 @@ def test_database_down_is_out_of_resources_and_spool_is_cleaned(server, monkeypa
     from sqlalchemy.exc import OperationalError
     from sqlalchemy.orm import Session
 
-    real_commit = Session.commit
+    real_execute = Session.execute
 
-    def broken(self: Session) -> None:
-        raise OperationalError("COMMIT", {}, Exception("database is locked"))
+    def locked(self: Session, statement, *a, **k):  # type: ignore[no-untyped-def]
+        if getattr(statement, "is_insert", False):
+            raise OperationalError("INSERT", {}, Exception("database is locked"))
+        return real_execute(self, statement, *a, **k)
 
-    monkeypatch.setattr(Session, "commit", broken)
+    monkeypatch.setattr(Session, "execute", locked)
     assert _store(settings.port, small_ct()) == 0xA701
-    monkeypatch.setattr(Session, "commit", real_commit)
+    monkeypatch.setattr(Session, "execute", real_execute)
     assert recorder.ids == [] and _files(settings.data_dir) == []
     with sessions() as s:
         assert s.scalars(select(Event)).all() == []
+    assert _store(settings.port, small_ct()) == 0x0000
 
 
 def test_status_table_maps_each_exception_once_to_a_failure() -> None:

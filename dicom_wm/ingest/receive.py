@@ -190,6 +190,7 @@ def receive_instance(
     }
 
     spool_rel: Path | None = None
+    committing = False  # a failed COMMIT may still have committed (lost reply)
     try:
         for _ in range(3):  # an IntegrityError means a concurrent reception: look again
             try:
@@ -246,15 +247,21 @@ def receive_instance(
                             details={**event_common, "version": version},
                         )
                     )
+                    committing = True
                     session.commit()
                     outcome = ReceiveOutcome.NEW if version == 1 else ReceiveOutcome.NEW_VERSION
                     return Received(instance_id, outcome, version)
             except IntegrityError:
+                committing = False
                 continue
         raise DatabaseUnavailable(f"could not record {sop}: concurrent receptions kept conflicting")
     except SQLAlchemyError as exc:
-        if spool_rel is not None:
+        if spool_rel is not None and not committing:
             _unlink(data_dir / spool_rel)
+        elif spool_rel is not None:
+            # Unknown outcome: keep the complete file. If the row did commit,
+            # it is processed; if not, serve removes the orphan at its next start.
+            log.error("commit of %s failed with an unknown outcome; keeping %s", sop, spool_rel)
         raise DatabaseUnavailable(f"could not record {sop}: {type(exc).__name__}: {_short(exc)}") from exc
     except DatabaseUnavailable:
         if spool_rel is not None:
