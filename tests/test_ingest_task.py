@@ -92,10 +92,25 @@ def test_no_pixel_data_is_skipped_and_stored_as_received(ctx: WorkerContext) -> 
     iid = _receive(ctx, sr)
     assert process_instance(ctx, iid).outcome is Outcome.SKIPPED
     row = _row(ctx, iid)
-    assert row.state is InstanceState.SKIPPED and "no pixel data" in row.state_reason
+    assert row.state is InstanceState.SKIPPED and "no pixel or waveform data" in row.state_reason
     assert (ctx.settings.data_dir / row.archive_path).stat().st_size == row.received_size
     assert row.stored_sha256 == row.received_sha256
     assert _kinds(ctx, iid) == ["received", "skipped"]
+
+
+def test_waveform_is_watermarked_like_an_image(ctx: WorkerContext) -> None:
+    """Issue #7 item 4: ECG storage goes through the same task."""
+    from dicom_wm.fileio import read_dataset
+    from dicom_wm.watermark import VerifyStatus, restore_dataset, verify_dataset
+
+    ecg = pydicom.dcmread(pydicom.data.get_testdata_file("waveform_ecg.dcm"))
+    iid = _receive(ctx, ecg)
+    assert process_instance(ctx, iid).outcome is Outcome.WATERMARKED
+    row = _row(ctx, iid)
+    stored = read_dataset(ctx.settings.data_dir / row.archive_path)
+    assert verify_dataset(stored, ctx.keys()).status is VerifyStatus.AUTHENTIC
+    restored = restore_dataset(stored, ctx.keys()).dataset
+    assert restored.WaveformSequence[0].WaveformData == ecg.WaveformSequence[0].WaveformData
 
 
 def test_engine_refusal_fails_and_keeps_the_original(ctx: WorkerContext, monkeypatch: pytest.MonkeyPatch) -> None:

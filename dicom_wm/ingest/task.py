@@ -172,6 +172,7 @@ def _claim(ctx: WorkerContext, instance_id: int) -> tuple[Instance, str] | TaskR
 
 
 def _run(ctx: WorkerContext, row: Instance, token: str, started: float) -> TaskResult:
+    from dicom_wm.waveform import is_waveform
     from dicom_wm.watermark import EmbedOptions, embed_dataset
 
     data_dir = ctx.settings.data_dir
@@ -188,8 +189,10 @@ def _run(ctx: WorkerContext, row: Instance, token: str, started: float) -> TaskR
         return _store_as_received(ctx, row, token, InstanceState.FAILED, f"unreadable: {exc}", timings)
     timings["read"] = time.perf_counter() - t
 
-    if not any(k in ds for k in PIXEL_DATA_KEYWORDS):
-        return _store_as_received(ctx, row, token, InstanceState.SKIPPED, "no pixel data to protect", timings)
+    if not any(k in ds for k in PIXEL_DATA_KEYWORDS) and not is_waveform(ds):
+        return _store_as_received(
+            ctx, row, token, InstanceState.SKIPPED, "no pixel or waveform data to protect", timings
+        )
 
     keys = ctx.keys()
     record = uuid.uuid4()
