@@ -1,5 +1,6 @@
 """Provenance database: models, engine/session factory, migrations."""
 
+from dicom_wm.db.destinations import Destination, EgressPolicy
 from dicom_wm.db.engine import dispose_engines, get_engine, get_sessionmaker, session_scope
 from dicom_wm.db.models import (
     FINAL_STATES,
@@ -14,6 +15,8 @@ from dicom_wm.db.models import (
 
 __all__ = [
     "Base",
+    "Destination",
+    "EgressPolicy",
     "Event",
     "EventKind",
     "FINAL_STATES",

@@ -85,6 +85,8 @@ class EventKind(str, enum.Enum):
     RESTORED = "restored"
     SENT = "sent"
     TAMPER_DETECTED = "tamper_detected"
+    QUERY = "query"  # one per C-FIND
+    DESTINATION = "destination"  # a retrieve destination added, changed or removed
 
 
 class UTCDateTime(TypeDecorator[datetime]):
