@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     )
     max_pdu: int = Field(0, ge=0, description="largest P-DATA PDU we accept (0: unlimited)")
     network_timeout_s: float = Field(60.0, gt=0)
+    egress_workers: int | None = Field(
+        None, ge=0, description="verification processes for C-MOVE/C-GET (0: in the association thread); "
+        "default: CPU count, at most 8"
+    )
 
     # the workers
     workers: int | None = Field(None, ge=1, description="embedded pool size / Celery concurrency; default: CPU count")

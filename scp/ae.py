@@ -18,6 +18,7 @@ from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
+from dicom_wm.query.model import SOP_CLASSES
 from scp.context import ScpContext
 from scp.handlers import HANDLERS
 
@@ -25,7 +26,7 @@ __all__ = ["build_ae", "start_server", "TRANSFER_SYNTAXES"]
 
 log = logging.getLogger(__name__)
 
-# Offered for the non-storage services (Verification, later Q/R).
+# Offered for the non-storage services (Verification, Q/R).
 TRANSFER_SYNTAXES = [
     "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
     "1.2.840.10008.1.2",  # Implicit VR Little Endian
@@ -42,6 +43,8 @@ def build_ae(ctx: ScpContext) -> AE:
     settings = ctx.settings
     ae = AE(ae_title=settings.ae_title)
     ae.add_supported_context(Verification, TRANSFER_SYNTAXES)
+    for qr_sop_class in SOP_CLASSES.values():  # C-FIND / C-MOVE / C-GET, Patient and Study Root
+        ae.add_supported_context(qr_sop_class, TRANSFER_SYNTAXES)
     ae.maximum_pdu_size = settings.max_pdu
     ae.maximum_associations = MAX_ASSOCIATIONS
     ae.network_timeout = settings.network_timeout_s

@@ -16,6 +16,8 @@ from pynetdicom.events import Event
 from dicom_wm.ingest.errors import CallingAENotAllowed, CannotUnderstand
 from dicom_wm.ingest.receive import StoreRequest, receive_instance
 from scp.context import ScpContext
+from scp.query import handle_find
+from scp.retrieve import handle_get, handle_move
 from scp.status import SUCCESS, UNEXPECTED, status_for
 
 __all__ = ["handle_echo", "handle_store", "HANDLERS"]
@@ -74,4 +76,7 @@ def handle_store(event: Event, ctx: ScpContext) -> int | tuple[int, Dataset]:
 HANDLERS = (
     (evt.EVT_C_ECHO, handle_echo),
     (evt.EVT_C_STORE, handle_store),
+    (evt.EVT_C_FIND, handle_find),
+    (evt.EVT_C_MOVE, handle_move),
+    (evt.EVT_C_GET, handle_get),
 )

@@ -14,6 +14,7 @@ from dicom_wm.ingest.errors import (
     InvalidUID,
     StorageFull,
 )
+from dicom_wm.query.errors import InvalidIdentifier
 
 __all__ = ["SUCCESS", "STATUS_TABLE", "status_for", "UNEXPECTED"]
 
@@ -28,6 +29,8 @@ STATUS_TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
     (DatasetMismatch, 0xA900, "Error: data set does not match SOP class / instance of the request"),
     (InvalidUID, 0xC001, "Error: cannot understand (invalid UID)"),
     (CannotUnderstand, 0xC000, "Error: cannot understand (dataset could not be decoded)"),
+    # query/retrieve
+    (InvalidIdentifier, 0xA900, "Failed: identifier does not match SOP class (C-FIND / C-MOVE / C-GET)"),
 )
 
 

@@ -123,6 +123,9 @@ def serve(
         dispatcher.stop()
         backend.close()
         raise _fail(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}", 2) from None
+    from scp.retrieve import egress_pool
+
+    threading.Thread(target=egress_pool(ctx).start, name="egress-pool-start", daemon=True).start()
 
     stop = threading.Event()
 
