@@ -295,6 +295,22 @@ def test_pynetdicom_move_original_element_and_sample_exact(archive) -> None:
     assert {e.details["verification"] for e in mine} == {"authentic", "hash_verified"}
 
 
+def test_movescu_to_the_pynetdicom_scp_gets_originals_in_their_stored_syntax(archive) -> None:
+    """This peer takes JPEG 2000: the FAILED one goes as stored; native ones in
+    whichever native encoding the peer chose."""
+    archive.pyscp.clear()
+    b1 = _study(archive.files, "ACC-B1")
+    proc = _movescu(archive, "PYORIG", "-S", ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={b1[0].study_uid}"])
+    assert proc.returncode == 0, proc.stderr
+    assert "Final Move Response (Success)" in proc.stdout + proc.stderr
+    assert set(archive.pyscp.received) == {f.sop_uid for f in b1}
+    for f in b1:
+        assert_same_instance(f.path, archive.pyscp.received[f.sop_uid])
+        got, stored = (archive.pyscp.received[f.sop_uid].file_meta.TransferSyntaxUID,
+                       pydicom.dcmread(f.path).file_meta.TransferSyntaxUID)
+        assert got == stored if stored.is_compressed else not got.is_compressed
+
+
 def test_series_and_image_level_moves_in_the_patient_root_model(archive) -> None:
     archive.pyscp.clear()
     a1 = _study(archive.files, "ACC-A1")
