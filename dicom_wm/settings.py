@@ -87,6 +87,7 @@ class Settings(BaseSettings):
     queue: str = Field("embed", description="queue serve sends new instances to")
     queues: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(KNOWN_QUEUES))
     predictor: Predictor = Predictor.CLASSIC
+    roi_lossless: bool = Field(False, description="walk the detected body last (unchanged when the rest suffices)")
     max_retries: int = Field(5, ge=0, description="retries of a transient failure before FAILED")
     retry_backoff_s: float = Field(2.0, gt=0, description="first retry delay; doubles each retry")
     retry_backoff_max_s: float = Field(300.0, gt=0)

@@ -113,6 +113,21 @@ def test_waveform_is_watermarked_like_an_image(ctx: WorkerContext) -> None:
     assert restored.WaveformSequence[0].WaveformData == ecg.WaveformSequence[0].WaveformData
 
 
+def test_roi_lossless_setting_is_used_and_recorded(tmp_path: Path) -> None:
+    settings = load_settings(data_dir=tmp_path, roi_lossless=True)
+    prepare_data_dir(settings)
+    ensure_keys(settings, create=True)
+    migrate.upgrade(settings.db_url)
+    ctx = WorkerContext(settings)
+    iid = _receive(ctx, small_ct())
+    assert process_instance(ctx, iid).outcome is Outcome.WATERMARKED
+    with ctx.sessions() as s:
+        details = s.scalars(
+            select(Event.details).where(Event.instance_id == iid, Event.kind == "watermarked")
+        ).one()
+    assert details["walk_mode"] == "roi-lossless" and details["body_unchanged"] in (True, False)
+
+
 def test_engine_refusal_fails_and_keeps_the_original(ctx: WorkerContext, monkeypatch: pytest.MonkeyPatch) -> None:
     import dicom_wm.watermark as wm
 

@@ -37,6 +37,17 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")
 db_app = typer.Typer(help="Provenance database maintenance.", no_args_is_help=True)
 
 
+# Engine options of the workers (embedded pool or Celery); env DICOM_WM_PREDICTOR /
+# DICOM_WM_ROI_LOSSLESS or the TOML file set them too. Recorded per instance.
+PredictorOpt = Annotated[
+    str | None, typer.Option("--predictor", help="sample predictor: classic (CPU) or learned (default classic)")
+]
+RoiOpt = Annotated[
+    bool | None,
+    typer.Option("--roi-lossless/--no-roi-lossless", help="leave the detected body unchanged when the rest suffices"),
+]
+
+
 def _settings(config: Path | None, **overrides: Any) -> Settings:
     try:
         return load_settings(config, **overrides)
@@ -73,11 +84,13 @@ def serve(
     db: DbOpt = None,
     broker: BrokerOpt = None,
     workers: Annotated[int | None, typer.Option("--workers", help="embedded worker processes (default: CPU count)")] = None,
+    predictor: PredictorOpt = None,
+    roi_lossless: RoiOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Run the DICOM service: Storage SCP, queue, and (without --broker) the workers."""
     settings = _settings(config, host=host, port=port, ae_title=ae_title, data_dir=data_dir, db=db,
-                         broker=broker, workers=workers)
+                         broker=broker, workers=workers, predictor=predictor, roi_lossless=roi_lossless)
     _logging(settings)
     from dicom_wm.db.engine import get_sessionmaker
     from dicom_wm.errors import KeyStoreError
@@ -153,10 +166,13 @@ def worker(
     broker: BrokerOpt = None,
     queues: Annotated[str | None, typer.Option("--queues", help="queues to consume (default embed,gpu)")] = None,
     concurrency: Annotated[int | None, typer.Option("--concurrency", help="task processes (default: CPU count)")] = None,
+    predictor: PredictorOpt = None,
+    roi_lossless: RoiOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Run a Celery worker (distributed mode) consuming the watermark queues."""
-    settings = _settings(config, data_dir=data_dir, db=db, broker=broker, queues=queues, workers=concurrency)
+    settings = _settings(config, data_dir=data_dir, db=db, broker=broker, queues=queues, workers=concurrency,
+                         predictor=predictor, roi_lossless=roi_lossless)
     _logging(settings)
     if settings.embedded:
         raise _fail("a worker needs a broker (--broker or DICOM_WM_BROKER); without one, serve runs the workers", 2)

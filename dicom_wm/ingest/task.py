@@ -198,7 +198,8 @@ def _run(ctx: WorkerContext, row: Instance, token: str, started: float) -> TaskR
     record = uuid.uuid4()
     t = time.perf_counter()
     try:
-        result = embed_dataset(ds, keys, record_uuid=record, options=EmbedOptions(predictor=ctx.settings.predictor.value))
+        options = EmbedOptions(predictor=ctx.settings.predictor.value, roi_lossless=ctx.settings.roi_lossless)
+        result = embed_dataset(ds, keys, record_uuid=record, options=options)
     except (UnsupportedInput, InsufficientCapacity, SelfCheckFailed) as exc:
         timings["embed"] = time.perf_counter() - t
         kind = type(exc).__name__
@@ -247,6 +248,8 @@ def _run(ctx: WorkerContext, row: Instance, token: str, started: float) -> TaskR
         "payload_bits": values["payload_bits"],
         "capacity_bits": values["capacity_bits"],
         "predictor": result.predictor,
+        "walk_mode": result.walk_mode,
+        "body_unchanged": result.body_unchanged,
         "archive_path": str(rel),
         "stored_sha256": stored_sha,
         "total_s": values["timings"]["total"],
