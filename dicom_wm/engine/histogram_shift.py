@@ -137,10 +137,11 @@ def ambiguous_positions(wflat: np.ndarray, walk: WalkOrder, n_used: int, lo: int
     return np.flatnonzero(is_ambiguous(wflat[walk.index[:n_used]], walk.pred[:n_used], lo, hi))
 
 
-def read_bits(wflat: np.ndarray, walk: WalkOrder) -> np.ndarray:
-    """Bits read along the whole walk (uint8). Positions past the embedder's
-    stop yield noise bits after the payload, which the payload parser ignores."""
-    e = wflat[walk.index] - walk.pred
+def read_bits(wflat: np.ndarray, walk: WalkOrder, limit: int | None = None) -> np.ndarray:
+    """Bits read along the walk (uint8), or its first ``limit`` positions.
+    Positions past the embedder's stop yield noise bits after the payload,
+    which the payload parser ignores."""
+    e = wflat[walk.index[:limit]] - walk.pred[:limit]
     carriers = (e >= -2) & (e <= 1)
     return ((e[carriers] == 1) | (e[carriers] == -2)).astype(np.uint8)
 

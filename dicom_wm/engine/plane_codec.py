@@ -14,7 +14,7 @@ mirrored column, which swaps the lattices' parity.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -240,11 +240,32 @@ def _candidate_offsets(bits: np.ndarray) -> Iterator[int]:
             yield int(off)
 
 
+# Walk positions read first: an intact first copy almost always lies within
+# them, so the full read (and the sync scan) is only for damaged or large ones.
+_PREFIX = 32768
+
+
 def _read(flat: np.ndarray, walk: WalkOrder, secret_for: SecretLookup, lo: int, hi: int) -> _Read:
     """Find an authentic copy of a block in one lattice pass and undo it."""
+    if len(walk.index) > 2 * _PREFIX:
+        quick = _read_at(flat, walk, read_bits(flat, walk, _PREFIX), [0], secret_for, lo, hi)
+        if quick.block is not None:
+            return quick
     bits = read_bits(flat, walk)
+    return _read_at(flat, walk, bits, _candidate_offsets(bits), secret_for, lo, hi)
+
+
+def _read_at(
+    flat: np.ndarray,
+    walk: WalkOrder,
+    bits: np.ndarray,
+    offsets: Iterable[int],
+    secret_for: SecretLookup,
+    lo: int,
+    hi: int,
+) -> _Read:
     problem = "none"
-    for off in _candidate_offsets(bits):
+    for off in offsets:
         data = bits_to_bytes(bits[off:])
         try:
             key_id = peek_key_id(data)
