@@ -11,6 +11,7 @@ temporary file is removed and the target is left as it was.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import struct
 import tempfile
@@ -26,6 +27,7 @@ from pydicom.errors import InvalidDicomError
 from dicom_wm.errors import UnsupportedInput
 
 __all__ = [
+    "unlink_quietly",
     "atomic_write_bytes",
     "atomic_write_dataset",
     "read_dataset",
@@ -106,6 +108,17 @@ def atomic_write_dataset(ds: Dataset, path: str | os.PathLike[str], *, mode: int
     pydicom cannot encode the dataset.
     """
     _atomic_write(path, lambda fh: pydicom.dcmwrite(fh, ds, enforce_file_format=True), mode)
+
+
+def unlink_quietly(path: str | os.PathLike[str]) -> None:
+    """Remove a file that may already be gone; log (never raise) other errors:
+    callers use it to tidy up after the durable state is already settled."""
+    try:
+        Path(path).unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        logging.getLogger(__name__).error("could not remove %s: %s", path, exc)
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:

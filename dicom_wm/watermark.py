@@ -42,7 +42,7 @@ from dicom_wm.payload.mac import (
     tile_digests,
     tile_grid,
 )
-from dicom_wm.pixels import PixelPlanes, read_samples, write_samples
+from dicom_wm.pixels import read_samples, write_samples
 
 __all__ = [
     "EmbedOptions",
@@ -284,7 +284,7 @@ def _self_check(
     except UnsupportedInput as exc:
         return f"written pixel data does not decode: {exc}"
     stored = _to_planes(px.samples)
-    lookup = _secret_lookup(keys)
+    lookup = secret_lookup(keys)
     for p, walk in enumerate(walks):
         reading = read_plane(stored[p], walk, predictor, lookup, px.lo, px.hi, mode)
         if reading.restored is None:
@@ -339,7 +339,10 @@ def _candidate_predictors(header: WatermarkHeader | None, hint: Predictor | None
     return out
 
 
-def _secret_lookup(keys: KeyStore):
+def secret_lookup(keys: KeyStore):
+    """Key id -> secret, raising KeyError for unknown ids (the plane codec's
+    contract)."""
+
     def lookup(key_id: str) -> bytes:
         try:
             return keys.secret(key_id)
@@ -375,7 +378,7 @@ def _verify(
         status = VerifyStatus.INVALID if header else VerifyStatus.NOT_WATERMARKED
         return VerifyResult(status, error="image too small to carry a watermark"), None
     planes = _to_planes(px.samples)
-    lookup = _secret_lookup(keys)
+    lookup = secret_lookup(keys)
 
     readings: list[PlaneReading] = []
     predictor: Predictor | None = None
@@ -394,18 +397,7 @@ def _verify(
             break
     found = [b for r in readings for b in r.blocks]
     if not found or predictor is None:
-        problems = {r.problem for r in readings}
-        unknown = sorted(p.split(":", 1)[1] for p in problems if p and p.startswith("unknown_key:"))
-        if unknown:
-            return VerifyResult(VerifyStatus.INVALID, key_id=unknown[0], error=f"unknown key id {unknown[0]!r}"), None
-        if "mac" in problems or header is not None:
-            return VerifyResult(
-                VerifyStatus.INVALID,
-                record_uuid=header.record_uuid if header else None,
-                key_id=header.key_id if header else None,
-                error="watermark present but no authentic payload could be read",
-            ), None
-        return VerifyResult(VerifyStatus.NOT_WATERMARKED), None
+        return no_payload_result({r.problem for r in readings}, header), None
 
     ref = found[0]
     result = VerifyResult(VerifyStatus.AUTHENTIC, record_uuid=str(ref.record_uuid), key_id=ref.key_id)
@@ -529,6 +521,23 @@ def _longest_increasing(seq: list[int]) -> set[int]:
         out.add(seq[i])
         i = prev[i]
     return out
+
+
+def no_payload_result(problems: set[str | None], header: WatermarkHeader | None) -> VerifyResult:
+    """The verdict when no authentic block was found: an unknown key id, a
+    watermark that is there but unreadable (MAC failures, or our header
+    without a payload), or no watermark at all."""
+    unknown = sorted(p.split(":", 1)[1] for p in problems if p and p.startswith("unknown_key:"))
+    if unknown:
+        return VerifyResult(VerifyStatus.INVALID, key_id=unknown[0], error=f"unknown key id {unknown[0]!r}")
+    if "mac" in problems or header is not None:
+        return VerifyResult(
+            VerifyStatus.INVALID,
+            record_uuid=header.record_uuid if header else None,
+            key_id=header.key_id if header else None,
+            error="watermark present but no authentic payload could be read",
+        )
+    return VerifyResult(VerifyStatus.NOT_WATERMARKED)
 
 
 def verify_dataset(ds: Dataset, keys: KeyStore) -> VerifyResult:

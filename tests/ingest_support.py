@@ -44,6 +44,7 @@ __all__ = [
     "ServiceProcess",
     "dicom_wm_command",
     "dcmtk_storescu",
+    "dcmtk_tool",
     "send_with_pynetdicom",
     "wait_until",
 ]
@@ -247,7 +248,14 @@ class ServiceProcess:
 
 def dcmtk_storescu() -> str | None:
     """Path of DCMTK's storescu, or None."""
-    candidates = ["/usr/bin/storescu"] + [str(Path(p) / "storescu") for p in os.environ.get("PATH", "").split(os.pathsep)]
+    return dcmtk_tool("storescu")
+
+
+def dcmtk_tool(tool: str) -> str | None:
+    """Path of DCMTK's ``tool`` (storescu, findscu, movescu, ...), or None:
+    pynetdicom installs same-named scripts in the venv, told apart by
+    ``--version``."""
+    candidates = [f"/usr/bin/{tool}"] + [str(Path(p) / tool) for p in os.environ.get("PATH", "").split(os.pathsep)]
     for candidate in candidates:
         if not os.access(candidate, os.X_OK):
             continue

@@ -36,7 +36,7 @@ from pynetdicom import AE, StoragePresentationContexts, build_role, evt
 from pynetdicom.sop_class import Verification
 
 from dicom_wm.pixels import read_samples
-from ingest_support import echo_ok, free_port, source_file, wait_until
+from ingest_support import dcmtk_tool, echo_ok, free_port, source_file, wait_until
 
 __all__ = [
     "QRFile",
@@ -147,17 +147,7 @@ def build_qr_corpus(out_dir: Path) -> list[QRFile]:
 
 def dcmtk(tool: str) -> str | None:
     """Path of DCMTK's ``tool`` (findscu, movescu, ...), or None."""
-    candidates = [f"/usr/bin/{tool}"] + [str(Path(p) / tool) for p in os.environ.get("PATH", "").split(os.pathsep)]
-    for candidate in candidates:
-        if not os.access(candidate, os.X_OK):
-            continue
-        try:
-            out = subprocess.run([candidate, "--version"], capture_output=True, text=True, timeout=10).stdout
-        except (OSError, subprocess.TimeoutExpired):
-            continue
-        if "dcmtk" in out.lower():
-            return candidate
-    return None
+    return dcmtk_tool(tool)
 
 
 def dcmtk_env() -> dict[str, str]:

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dicom_wm.models.config import LatticeNetConfig  # noqa: E402
 from dicom_wm.models.corpus import TRAIN_FILES, load_image  # noqa: E402
 from dicom_wm.models.geometry import padded_indices  # noqa: E402
-from dicom_wm.models.lattice_net import validate_weights  # noqa: E402
+from dicom_wm.models.lattice_net import lattice_differences, validate_weights  # noqa: E402
 from dicom_wm.models.checkpoint import CHECKPOINT_FORMAT  # noqa: E402
 
 CROP = 64
@@ -62,17 +62,7 @@ class FloatLatticeNet(nn.Module):
         prediction under the walk rule, minus the classic error and the scale."""
         cfg = self.cfg
         p = cfg.pad
-        b0 = xp[:, 0::2, 1::2]
-        b1 = xp[:, 1::2, 0::2]
-        g = torch.stack(
-            (
-                b0[:, :-1, 1:-1] - b1[:, :-1, 1:-1],
-                b0[:, :-1, 1:-1] - b1[:, :-1, 2:],
-                b1[:, :-1, 1:-1] - b0[:, 1:, 1:-1],
-                b1[:, :-1, 1:-1] - b0[:, 1:, :-2],
-            ),
-            dim=1,
-        ).clamp(-(1 << cfg.diff_clip_bits), 1 << cfg.diff_clip_bits)
+        g = lattice_differences(xp).clamp(-(1 << cfg.diff_clip_bits), 1 << cfg.diff_clip_bits)
         scale = g.abs().mean(dim=(1, 2, 3), keepdim=True) + 1.0
         a0 = (g / scale).float()
         a = a0

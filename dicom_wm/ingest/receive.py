@@ -36,7 +36,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_wm.db.models import Event, EventKind, Instance, InstanceState, utcnow
-from dicom_wm.fileio import atomic_write_bytes
+from dicom_wm.fileio import atomic_write_bytes, unlink_quietly
 from dicom_wm.ingest.errors import CannotUnderstand, DatabaseUnavailable, DatasetMismatch, StorageFull
 from dicom_wm.ingest.events import add_event
 from dicom_wm.ingest.layout import new_token, spool_relpath
@@ -204,7 +204,7 @@ def receive_instance(
                     if same is not None:
                         _record_duplicate(session, same.id, same.version, sop, request, event_common)
                         if spool_rel is not None:
-                            _unlink(data_dir / spool_rel)
+                            unlink_quietly(data_dir / spool_rel)
                         return Received(same.id, ReceiveOutcome.DUPLICATE, same.version)
                     version = max((v.version for v in versions), default=0) + 1
                     if spool_rel is None:
@@ -257,7 +257,7 @@ def receive_instance(
         raise DatabaseUnavailable(f"could not record {sop}: concurrent receptions kept conflicting")
     except SQLAlchemyError as exc:
         if spool_rel is not None and not committing:
-            _unlink(data_dir / spool_rel)
+            unlink_quietly(data_dir / spool_rel)
         elif spool_rel is not None:
             # Unknown outcome: keep the complete file. If the row did commit,
             # it is processed; if not, serve removes the orphan at its next start.
@@ -265,7 +265,7 @@ def receive_instance(
         raise DatabaseUnavailable(f"could not record {sop}: {type(exc).__name__}: {_short(exc)}") from exc
     except DatabaseUnavailable:
         if spool_rel is not None:
-            _unlink(data_dir / spool_rel)
+            unlink_quietly(data_dir / spool_rel)
         raise
 
 
@@ -296,14 +296,6 @@ def _write_spool(data: bytes, path: Path) -> None:
     except OSError as exc:
         raise StorageFull(f"cannot write the spool file {path}: {exc.strerror or exc}") from exc
 
-
-def _unlink(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        log.error("could not remove %s: %s", path, exc)
 
 
 def _short(exc: BaseException) -> str:

@@ -47,7 +47,7 @@ import dicom_wm
 from dicom_wm.db.engine import get_sessionmaker
 from dicom_wm.db.models import PENDING_STATES, EventKind, Instance, InstanceState, utcnow
 from dicom_wm.errors import InsufficientCapacity, KeyStoreError, SelfCheckFailed, UnsupportedInput
-from dicom_wm.fileio import atomic_write_bytes, read_dataset
+from dicom_wm.fileio import atomic_write_bytes, read_dataset, unlink_quietly
 from dicom_wm.ingest.events import add_event
 from dicom_wm.ingest.layout import archive_relpath
 from dicom_wm.keys import KeyStore
@@ -322,7 +322,7 @@ def _finish(
         if res.rowcount != 1:
             session.rollback()
             if written is not None:
-                _unlink(written)
+                unlink_quietly(written)
             log.info("instance %d: attempt superseded by another worker; result discarded", row.id)
             return TaskResult(row.id, Outcome.SUPERSEDED)
         add_event(
@@ -331,7 +331,7 @@ def _finish(
         )
         session.commit()
     if row.spool_path:
-        _unlink(ctx.settings.data_dir / row.spool_path)
+        unlink_quietly(ctx.settings.data_dir / row.spool_path)
     return TaskResult(row.id, outcome, values.get("state_reason"))
 
 
@@ -365,14 +365,6 @@ def _copy_atomic(src: Path, dst: Path) -> None:
         data = fh.read()
     atomic_write_bytes(data, dst)
 
-
-def _unlink(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        log.error("could not remove %s: %s", path, exc)
 
 
 def _round(timings: dict[str, float]) -> dict[str, float]:

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dicom_wm.pixels.planes import stored_range
+
 __all__ = ["CorpusImage", "TRAIN_FILES", "HELD_OUT_FILES", "HELD_OUT_FAMILIES", "load_image", "is_available"]
 
 
@@ -41,11 +43,11 @@ class CorpusImage:
 
     @property
     def lo(self) -> int:
-        return -(1 << (self.bits_stored - 1)) if self.signed else 0
+        return stored_range(self.bits_stored, self.signed)[0]
 
     @property
     def hi(self) -> int:
-        return (1 << (self.bits_stored - 1)) - 1 if self.signed else (1 << self.bits_stored) - 1
+        return stored_range(self.bits_stored, self.signed)[1]
 
 
 #: file -> (modality, at most this many frames). Palette-colour files are

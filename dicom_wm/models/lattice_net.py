@@ -39,7 +39,7 @@ from torch import nn
 from dicom_wm.models.config import FLOAT64_EXACT_LIMIT, LatticeNetConfig
 from dicom_wm.models.geometry import padded_indices
 
-__all__ = ["LatticeNet", "build_lattice_net", "weight_names", "accumulation_bounds", "exact_mode"]
+__all__ = ["LatticeNet", "build_lattice_net", "weight_names", "accumulation_bounds", "exact_mode", "lattice_differences"]
 
 
 def weight_names(config: LatticeNetConfig) -> list[str]:
@@ -124,6 +124,23 @@ def exact_mode() -> Iterator[None]:
         yield
 
 
+
+def lattice_differences(xp: torch.Tensor) -> torch.Tensor:
+    """The network's input: the four B-B neighbour differences around each
+    2x2 cell of a mirror-padded plane (n, R+2P, C+2P) -> (n, 4, h, w). Only
+    B samples enter, which is what keeps A samples out of the prediction."""
+    b0 = xp[:, 0::2, 1::2]
+    b1 = xp[:, 1::2, 0::2]
+    return torch.stack(
+        (
+            b0[:, :-1, 1:-1] - b1[:, :-1, 1:-1],
+            b0[:, :-1, 1:-1] - b1[:, :-1, 2:],
+            b1[:, :-1, 1:-1] - b0[:, 1:, 1:-1],
+            b1[:, :-1, 1:-1] - b0[:, 1:, :-2],
+        ),
+        dim=1,
+    )
+
 class LatticeNet(nn.Module):
     """Exact integer CNN on the B lattice; pure module, no I/O.
 
@@ -160,17 +177,7 @@ class LatticeNet(nn.Module):
         ri = torch.from_numpy(padded_indices(rows, p)).to(dev)
         ci = torch.from_numpy(padded_indices(cols, p)).to(dev)
         xp = planes[:, ri][:, :, ci]  # mirror-padded, even size, int64
-        b0 = xp[:, 0::2, 1::2]
-        b1 = xp[:, 1::2, 0::2]
-        g = torch.stack(
-            (
-                b0[:, :-1, 1:-1] - b1[:, :-1, 1:-1],
-                b0[:, :-1, 1:-1] - b1[:, :-1, 2:],
-                b1[:, :-1, 1:-1] - b0[:, 1:, 1:-1],
-                b1[:, :-1, 1:-1] - b0[:, 1:, :-2],
-            ),
-            dim=1,
-        )
+        g = lattice_differences(xp)
         clip = 1 << cfg.diff_clip_bits
         a0 = g.clamp(-clip, clip).to(torch.float64) * float(1 << cfg.frac_bits)
         shifts = [int(s) for s in self.shifts.tolist()]

@@ -6,7 +6,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["PixelPlanes"]
+__all__ = ["PixelPlanes", "stored_range"]
+
+
+def stored_range(bits_stored: int, signed: bool) -> tuple[int, int]:
+    """(lo, hi) of the values *Bits Stored* bits can hold."""
+    return (-(1 << (bits_stored - 1)), (1 << (bits_stored - 1)) - 1) if signed else (0, (1 << bits_stored) - 1)
 
 
 @dataclass(frozen=True)
@@ -48,12 +53,12 @@ class PixelPlanes:
     @property
     def lo(self) -> int:
         """Smallest value the *Bits Stored* range allows."""
-        return -(1 << (self.bits_stored - 1)) if self.signed else 0
+        return stored_range(self.bits_stored, self.signed)[0]
 
     @property
     def hi(self) -> int:
         """Largest value the *Bits Stored* range allows."""
-        return (1 << (self.bits_stored - 1)) - 1 if self.signed else (1 << self.bits_stored) - 1
+        return stored_range(self.bits_stored, self.signed)[1]
 
     @property
     def frames(self) -> int:

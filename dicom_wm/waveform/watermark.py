@@ -34,7 +34,7 @@ from pydicom.dataset import Dataset
 
 from dicom_wm.engine.histogram_shift import WalkOrder, carrier_mask
 from dicom_wm.engine.plane_codec import PlaneReading, embed_plane, lattice_walk, read_plane, reembed_plane
-from dicom_wm.errors import KeyStoreError, NotAuthentic, SelfCheckFailed, UnsupportedInput
+from dicom_wm.errors import NotAuthentic, SelfCheckFailed, UnsupportedInput
 from dicom_wm.header import WatermarkHeader, apply_watermark_header, read_watermark_header, remove_watermark_header
 from dicom_wm.keys import KeyStore
 from dicom_wm.payload.block import FORMAT_VERSION, PlaneBlock
@@ -43,7 +43,14 @@ from dicom_wm.pixels.reader import transfer_syntax
 from dicom_wm.waveform.mac import CANONICAL_DTYPE, group_digests, waveform_identity, windows
 from dicom_wm.waveform.predictor import Linear1D
 from dicom_wm.waveform.samples import WaveformGroup, read_groups, tile_units, to_domain, write_group
-from dicom_wm.watermark import EmbedResult, RestoreResult, VerifyResult, VerifyStatus
+from dicom_wm.watermark import (
+    EmbedResult,
+    RestoreResult,
+    VerifyResult,
+    VerifyStatus,
+    no_payload_result,
+    secret_lookup,
+)
 
 __all__ = [
     "PREDICTOR_CODE",
@@ -262,16 +269,6 @@ def embed_waveform(
     )
 
 
-def _secret_lookup(keys: KeyStore):
-    def lookup(key_id: str) -> bytes:
-        try:
-            return keys.secret(key_id)
-        except KeyStoreError:
-            raise KeyError(key_id) from None
-
-    return lookup
-
-
 def _whole_group(g: WaveformGroup) -> set[tuple[int, ...]]:
     return {(g.index, c, 0, g.n_samples) for c in range(g.n_channels)}
 
@@ -323,7 +320,7 @@ def _verify(
         header = read_watermark_header(ds)
     except UnsupportedInput as exc:
         return VerifyResult(VerifyStatus.UNSUPPORTED, error=str(exc)), None
-    lookup = _secret_lookup(keys)
+    lookup = secret_lookup(keys)
     groups: list[WaveformGroup] = []
     readings: list[PlaneReading] = []
     problems: set[str] = set()
@@ -336,17 +333,7 @@ def _verify(
 
     found = [b for r in readings for b in r.blocks]
     if not found:
-        unknown = sorted(p.split(":", 1)[1] for p in problems if p.startswith("unknown_key:"))
-        if unknown:
-            return VerifyResult(VerifyStatus.INVALID, key_id=unknown[0], error=f"unknown key id {unknown[0]!r}"), None
-        if "mac" in problems or header is not None:
-            return VerifyResult(
-                VerifyStatus.INVALID,
-                record_uuid=header.record_uuid if header else None,
-                key_id=header.key_id if header else None,
-                error="watermark present but no authentic payload could be read",
-            ), None
-        return VerifyResult(VerifyStatus.NOT_WATERMARKED), None
+        return no_payload_result(problems, header), None
 
     ref = found[0]
     result = VerifyResult(VerifyStatus.AUTHENTIC, record_uuid=str(ref.record_uuid), key_id=ref.key_id)
