@@ -24,7 +24,7 @@ from dicom_wm.engine import get_predictor
 from dicom_wm.engine.histogram_shift import WalkOrder, walk_order
 from dicom_wm.engine.plane_codec import STANDARD, PlaneReading, WalkMode, embed_plane, read_plane, reembed_plane
 from dicom_wm.engine.predictors import Predictor
-from dicom_wm.errors import KeyStoreError, NotAuthentic, SelfCheckFailed, UnsupportedInput
+from dicom_wm.errors import InsufficientCapacity, KeyStoreError, NotAuthentic, SelfCheckFailed, UnsupportedInput
 from dicom_wm.header import (
     WatermarkHeader,
     apply_watermark_header,
@@ -33,7 +33,7 @@ from dicom_wm.header import (
     remove_watermark_header,
 )
 from dicom_wm.keys import KeyStore
-from dicom_wm.payload.block import FORMAT_VERSION, PREDICTOR_CODES, TILE, PlaneBlock
+from dicom_wm.payload.block import FORMAT_VERSION, PREDICTOR_CODES, TILE, WALK_ROBUST, PlaneBlock
 from dicom_wm.payload.mac import (
     canonical_dtype,
     canonical_samples,
@@ -69,6 +69,8 @@ class EmbedOptions:
     predictor: str = "classic"  # "classic" | "learned"
     max_copies: int = 3  # payload copies per plane (at least 1 must fit)
     roi_lossless: bool = False  # walk the detected body last (unchanged when the rest suffices)
+    robust: bool = False  # add the robust leak-tracing layer (dicom_wm.robust) under the reversible one
+    recipient: str | None = None  # robust layer: AE title the message names (fingerprinted copies)
 
 
 @dataclass
@@ -86,6 +88,7 @@ class EmbedResult:
     model_sha256: str | None
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     walk_mode: str = "standard"  # "standard" | "roi-lossless"
+    robust_message: str | None = None  # hex, when the robust layer was added
     body_unchanged: bool | None = None  # roi-lossless: no sample inside the body mask changed
 
 
@@ -202,7 +205,15 @@ def embed_dataset(
         tile_digests(secret, ruuid, p // ch_count, p % ch_count, planes[p], TILE, dtype) for p in range(len(planes))
     ]
     imac = instance_mac(secret, identity_bytes(ds), ruuid, [d for plane in digests for d in plane])
-    walks = _walks(planes, predictor, px.lo, px.hi, mode)
+    # The reversible layer carries whatever it is given: the original planes,
+    # or (robust option) the planes with the robust mark, whose undo
+    # information then travels in each plane's block.
+    carriers, marks, robust_message = planes, [b""] * len(planes), None
+    if options.robust:
+        t_robust = time.perf_counter()
+        carriers, marks, robust_message = _apply_robust(planes, px.lo, px.hi, ruuid, options.recipient, secret)
+        timings["robust"] = time.perf_counter() - t_robust
+    walks = _walks(carriers, predictor, px.lo, px.hi, mode)
     timings["predict"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -211,14 +222,15 @@ def embed_dataset(
     for p, walk in enumerate(walks):
         frame, channel = divmod(p, ch_count)
         template = PlaneBlock(
-            frame=frame, channel=channel, n_frames=f_count, n_channels=ch_count, lattice_pass=0, passes=1, walk_flags=0,
-            copies=1, key_id=key_id, record_uuid=ruuid, instance_mac=imac, predictor_code=pcode,
-            model_sha256_prefix=psha, n_used=0, moved_flags=np.zeros(0, bool), tile=TILE, tile_mac_len=4,
-            first_tile=0, tile_macs=b"",
+            frame=frame, channel=channel, n_frames=f_count, n_channels=ch_count, lattice_pass=0, passes=1,
+            walk_flags=WALK_ROBUST if options.robust else 0, copies=1, key_id=key_id, record_uuid=ruuid,
+            instance_mac=imac, predictor_code=pcode, model_sha256_prefix=psha, n_used=0,
+            moved_flags=np.zeros(0, bool), tile=TILE, tile_mac_len=4, first_tile=0, tile_macs=b"",
+            robust_mark=marks[p],
         )
         where = f"frame {frame + 1} of {f_count}" + (f", channel {channel}" if ch_count > 1 else "")
         emb = embed_plane(
-            planes[p], walk, predictor, template, digests[p],
+            carriers[p], walk, predictor, template, digests[p],
             secret, px.lo, px.hi, options.max_copies, where, mode,
         )
         out_planes[p] = emb.watermarked
@@ -247,7 +259,7 @@ def embed_dataset(
     # verifier would; the restored planes must equal the original ones and
     # every block must be ours (then every tile and instance MAC matches too).
     t = time.perf_counter()
-    problem = _self_check(out, planes, walks, predictor, keys, imac, ruuid, mode)
+    problem = _self_check(out, planes, carriers, walks, predictor, keys, imac, ruuid, mode)
     if problem:
         raise SelfCheckFailed(f"self-check failed ({problem}); nothing was written")
     timings["self_check"] = time.perf_counter() - t
@@ -262,12 +274,14 @@ def embed_dataset(
         capacity_bits=capacity_bits, psnr_db=psnr, max_abs_delta=max_abs, lossy_source=px.lossy_source,
         original_sample_sha256=sample_sha, predictor=predictor.name, model_sha256=predictor.model_sha256,
         timings=timings, walk_mode="roi-lossless" if mode.roi else "standard", body_unchanged=body_unchanged,
+        robust_message=robust_message,
     )
 
 
 def _self_check(
     out: Dataset,
     planes: np.ndarray,
+    carriers: np.ndarray,
     walks: list[WalkOrder],
     predictor: Predictor,
     keys: KeyStore,
@@ -291,9 +305,50 @@ def _self_check(
             return f"plane {p}: payload not readable ({reading.problem})"
         if any(b.instance_mac != imac or b.record_uuid != ruuid for b in reading.blocks):
             return f"plane {p}: payload does not match"
-        if not np.array_equal(reading.restored, planes[p]):
+        if not np.array_equal(reading.restored, carriers[p]):
             return f"plane {p}: restore differs from the original"
+        if carriers is not planes:
+            original = _undo_robust(reading.restored, reading.blocks, px.lo, px.hi, lookup(reading.blocks[0].key_id))
+            if original is None or not np.array_equal(original, planes[p]):
+                return f"plane {p}: undoing the robust layer differs from the original"
     return None
+
+
+def _apply_robust(
+    planes: np.ndarray, lo: int, hi: int, ruuid: uuid.UUID, recipient: str | None, secret: bytes
+) -> tuple[np.ndarray, list[bytes], str]:
+    """Robust leak-tracing mark on every plane; returns the marked planes,
+    each plane's undo information and the message (hex)."""
+    try:
+        from dicom_wm import robust
+    except ImportError as exc:  # optional layer (torch or its model missing)
+        raise UnsupportedInput(f"the robust layer is not available: {exc}") from None
+    message = robust.message_for(ruuid, recipient)
+    marked = np.empty_like(planes)
+    marks: list[bytes] = []
+    for p in range(len(planes)):
+        marked[p], mark = robust.embed_robust(planes[p], lo, hi, message, secret)
+        marks.append(mark.to_bytes())
+        if len(marks[-1]) > 0xFFFF:
+            raise InsufficientCapacity(
+                f"insufficient capacity: undoing the robust layer on plane {p} needs {len(marks[-1])} bytes "
+                "(too many clipped samples)"
+            )
+    return marked, marks, message.hex()
+
+
+def _undo_robust(carrier: np.ndarray, blocks: list[PlaneBlock], lo: int, hi: int, secret: bytes) -> np.ndarray | None:
+    """The original plane under a robust mark (None when the mark bytes are
+    unusable: an edited image). Planes without a robust mark are returned as is."""
+    mark_bytes = next((b.robust_mark for b in blocks if b.walk_flags & WALK_ROBUST), None)
+    if mark_bytes is None:
+        return carrier
+    from dicom_wm import robust
+
+    try:
+        return robust.undo_robust(carrier, lo, hi, robust.RobustMark.from_bytes(mark_bytes), secret)
+    except ValueError:
+        return None
 
 
 # Elements that writing samples or the header may change in place: copied
@@ -414,6 +469,7 @@ def _verify(
     tampered: set[tuple[int, ...]] = set()
     modified: set[int] = set()
     restored_planes = planes.copy()
+    carrier_planes = planes.copy()  # what the reversible layer carried (robust-marked, with the robust option)
     payload_bits = 0
     grid = tile_grid(rows, cols, TILE)
     dtype = canonical_dtype(px.bits_stored, px.signed)
@@ -425,8 +481,14 @@ def _verify(
             tampered |= _plane_tiles(frame, rows, cols)
             continue
         payload_bits += sum(8 * b.encoded_length() * b.copies for b in reading.blocks)
-        restored_planes[p] = reading.restored
-        expected = tile_digests(secret, ref.record_uuid, source, channel, reading.restored, TILE, dtype)
+        carrier_planes[p] = reading.restored
+        original = _undo_robust(reading.restored, reading.blocks, px.lo, px.hi, secret)
+        if original is None:
+            tampered |= _plane_tiles(frame, rows, cols)
+            modified.add(source)
+            continue
+        restored_planes[p] = original
+        expected = tile_digests(secret, ref.record_uuid, source, channel, original, TILE, dtype)
         digests[(source, channel)] = expected
         carried: dict[int, bytes] = {}
         for b in reading.blocks:
@@ -440,7 +502,7 @@ def _verify(
     result.payload_bits = payload_bits
     if not tampered and reembed:
         for p, reading in enumerate(readings):
-            expected_plane = reembed_plane(restored_planes[p], reading.blocks, predictor, secret, px.lo, px.hi, mode)
+            expected_plane = reembed_plane(carrier_planes[p], reading.blocks, predictor, secret, px.lo, px.hi, mode)
             diff = expected_plane != planes[p]
             if diff.any():
                 tampered |= _plane_tiles(p // ch_count, rows, cols, diff)

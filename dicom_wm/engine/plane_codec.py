@@ -181,7 +181,8 @@ def embed_plane(
 
         def make(n_used: int, flags: np.ndarray) -> bytes:
             block = replace(
-                template, lattice_pass=lattice_pass, passes=passes, walk_flags=WALK_ROI if mode.roi else 0,
+                template, lattice_pass=lattice_pass, passes=passes,
+                walk_flags=template.walk_flags | (WALK_ROI if mode.roi else 0),
                 copies=copies, n_used=n_used,
                 moved_flags=flags, tile_mac_len=mac_len, first_tile=first, tile_macs=macs,
             )

@@ -20,6 +20,7 @@ __all__ = [
     "FORMAT_VERSION",
     "MAGIC",
     "WALK_ROI",
+    "WALK_ROBUST",
     "TILE",
     "PREDICTOR_CODES",
     "PlaneBlock",
@@ -44,6 +45,8 @@ PREDICTOR_CODES = {"classic-rhombus": 0, "learned": 1}
 # passes on this plane, walk flags, copies, key id length
 _HEAD = struct.Struct(">3sBIBIBBBBBB")
 WALK_ROI = 0x01  # walk flag: ROI-lossless order (body positions last)
+WALK_ROBUST = 0x02  # flag: the block carries a robust-layer mark (what undoes it)
+_ROBUST_LEN = struct.Struct(">H")
 # record uuid, instance mac, predictor code; then the model sha256 prefix
 # (learned predictors only); then n_used, n_ambiguous
 _BODY = struct.Struct(">16s16sB")
@@ -77,6 +80,7 @@ class PlaneBlock:
     tile_mac_len: int  # 4, or 2 where capacity is short
     first_tile: int  # tile index (raster order) of the first MAC carried here
     tile_macs: bytes  # tile_mac_len bytes per tile
+    robust_mark: bytes = b""  # with WALK_ROBUST: dicom_wm.robust.RobustMark bytes of this plane
 
     def encoded_length(self) -> int:
         return (
@@ -86,6 +90,7 @@ class PlaneBlock:
             + (_MODEL.size if self.predictor_code else 0)
             + _WALK.size
             + (len(self.moved_flags) + 7) // 8
+            + (_ROBUST_LEN.size + len(self.robust_mark) if self.walk_flags & WALK_ROBUST else 0)
             + _TILES.size
             + len(self.tile_macs)
             + BLOCK_MAC_LEN
@@ -111,6 +116,7 @@ def encode_block(block: PlaneBlock, secret: bytes) -> bytes:
         + (_MODEL.pack(block.model_sha256_prefix) if block.predictor_code else b"")
         + _WALK.pack(block.n_used, len(block.moved_flags))
         + flags
+        + (_ROBUST_LEN.pack(len(block.robust_mark)) + block.robust_mark if block.walk_flags & WALK_ROBUST else b"")
         + _TILES.pack(block.tile, block.tile_mac_len, block.first_tile, len(block.tile_macs) // block.tile_mac_len)
         + block.tile_macs
     )
@@ -141,6 +147,12 @@ def _parse(data: bytes) -> tuple[PlaneBlock, int]:
             raise BlockError("truncated block")
         flags = np.unpackbits(np.frombuffer(data, np.uint8, nflag_bytes, off))[:n_amb].astype(bool)
         off += nflag_bytes
+        robust_mark = b""
+        if wflags & WALK_ROBUST:
+            (rlen,) = _ROBUST_LEN.unpack_from(data, off)
+            off += _ROBUST_LEN.size
+            robust_mark = data[off : off + rlen]
+            off += rlen
         tile, mac_len, first_tile, n_tiles = _TILES.unpack_from(data, off)
         off += _TILES.size
         if mac_len not in TILE_MAC_LENGTHS or lpass > 1 or passes not in (1, 2):
@@ -156,7 +168,7 @@ def _parse(data: bytes) -> tuple[PlaneBlock, int]:
         lattice_pass=lpass, passes=passes, walk_flags=wflags, copies=copies,
         key_id=key_id, record_uuid=uuid.UUID(bytes=ruuid), instance_mac=imac,
         predictor_code=pcode, model_sha256_prefix=msha, n_used=n_used, moved_flags=flags,
-        tile=tile, tile_mac_len=mac_len, first_tile=first_tile, tile_macs=tile_macs,
+        tile=tile, tile_mac_len=mac_len, first_tile=first_tile, tile_macs=tile_macs, robust_mark=robust_mark,
     )
     return block, off + BLOCK_MAC_LEN
 
