@@ -88,6 +88,7 @@ class Settings(BaseSettings):
     queues: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(KNOWN_QUEUES))
     predictor: Predictor = Predictor.CLASSIC
     roi_lossless: bool = Field(False, description="walk the detected body last (unchanged when the rest suffices)")
+    robust: bool = Field(False, description="add the robust leak-tracing layer under the reversible one")
     max_retries: int = Field(5, ge=0, description="retries of a transient failure before FAILED")
     retry_backoff_s: float = Field(2.0, gt=0, description="first retry delay; doubles each retry")
     retry_backoff_max_s: float = Field(300.0, gt=0)

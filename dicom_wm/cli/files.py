@@ -113,6 +113,10 @@ def embed(
         bool,
         typer.Option("--roi-lossless/--no-roi-lossless", help="leave the detected body unchanged when the rest suffices"),
     ] = False,
+    robust: Annotated[
+        bool,
+        typer.Option("--robust/--no-robust", help="add the robust leak-tracing layer (see docs/robust.md)"),
+    ] = False,
 ) -> None:
     """Watermark IN into OUT (files, or directories mirrored recursively).
 
@@ -127,7 +131,7 @@ def embed(
     except Exception as exc:  # a missing model or optional dependency
         fail(f"predictor {predictor.value!r} is not available: {exc}", EXIT_CONFIG)
     jobs = plan_pairs(inp, out)
-    options = EmbedOptions(predictor=predictor.value, roi_lossless=roi_lossless)
+    options = EmbedOptions(predictor=predictor.value, roi_lossless=roi_lossless, robust=robust)
 
     def work(job: Job) -> FileRecord:
         assert job.dst is not None
@@ -135,7 +139,10 @@ def embed(
             path=str(job.src),
             status="error",
             output=str(job.dst),
-            extra={"predictor": None, "model_sha256": None, "lossy_source": None, "walk_mode": None, "body_unchanged": None},
+            extra={
+                "predictor": None, "model_sha256": None, "lossy_source": None, "walk_mode": None,
+                "body_unchanged": None, "robust_message": None,
+            },
         )
         try:
             result = embed_dataset(read_dataset(job.src), store, options=options)
@@ -153,6 +160,7 @@ def embed(
             "lossy_source": result.lossy_source,
             "walk_mode": result.walk_mode,
             "body_unchanged": result.body_unchanged,
+            "robust_message": result.robust_message,
         }
         return record
 

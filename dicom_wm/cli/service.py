@@ -47,6 +47,10 @@ RoiOpt = Annotated[
     typer.Option("--roi-lossless/--no-roi-lossless", help="leave the detected body unchanged when the rest suffices"),
 ]
 
+RobustOpt = Annotated[
+    bool | None, typer.Option("--robust/--no-robust", help="add the robust leak-tracing layer (docs/robust.md)")
+]
+
 
 def _settings(config: Path | None, **overrides: Any) -> Settings:
     try:
@@ -86,11 +90,13 @@ def serve(
     workers: Annotated[int | None, typer.Option("--workers", help="embedded worker processes (default: CPU count)")] = None,
     predictor: PredictorOpt = None,
     roi_lossless: RoiOpt = None,
+    robust: RobustOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Run the DICOM service: Storage SCP, queue, and (without --broker) the workers."""
     settings = _settings(config, host=host, port=port, ae_title=ae_title, data_dir=data_dir, db=db,
-                         broker=broker, workers=workers, predictor=predictor, roi_lossless=roi_lossless)
+                         broker=broker, workers=workers, predictor=predictor, roi_lossless=roi_lossless,
+                         robust=robust)
     _logging(settings)
     from dicom_wm.db.engine import get_sessionmaker
     from dicom_wm.errors import KeyStoreError
@@ -168,11 +174,12 @@ def worker(
     concurrency: Annotated[int | None, typer.Option("--concurrency", help="task processes (default: CPU count)")] = None,
     predictor: PredictorOpt = None,
     roi_lossless: RoiOpt = None,
+    robust: RobustOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Run a Celery worker (distributed mode) consuming the watermark queues."""
     settings = _settings(config, data_dir=data_dir, db=db, broker=broker, queues=queues, workers=concurrency,
-                         predictor=predictor, roi_lossless=roi_lossless)
+                         predictor=predictor, roi_lossless=roi_lossless, robust=robust)
     _logging(settings)
     if settings.embedded:
         raise _fail("a worker needs a broker (--broker or DICOM_WM_BROKER); without one, serve runs the workers", 2)

@@ -198,7 +198,9 @@ def _run(ctx: WorkerContext, row: Instance, token: str, started: float) -> TaskR
     record = uuid.uuid4()
     t = time.perf_counter()
     try:
-        options = EmbedOptions(predictor=ctx.settings.predictor.value, roi_lossless=ctx.settings.roi_lossless)
+        options = EmbedOptions(
+            predictor=ctx.settings.predictor.value, roi_lossless=ctx.settings.roi_lossless, robust=ctx.settings.robust
+        )
         result = embed_dataset(ds, keys, record_uuid=record, options=options)
     except (UnsupportedInput, InsufficientCapacity, SelfCheckFailed) as exc:
         timings["embed"] = time.perf_counter() - t
@@ -249,6 +251,7 @@ def _run(ctx: WorkerContext, row: Instance, token: str, started: float) -> TaskR
         "capacity_bits": values["capacity_bits"],
         "predictor": result.predictor,
         "walk_mode": result.walk_mode,
+        "robust_message": result.robust_message,
         "body_unchanged": result.body_unchanged,
         "archive_path": str(rel),
         "stored_sha256": stored_sha,
