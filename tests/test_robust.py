@@ -1,0 +1,163 @@
+"""The robust layer: exact undo, blind decode, attacks, no false decodes."""
+
+from __future__ import annotations
+
+import io
+import uuid
+
+import numpy as np
+import pydicom
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dicom_wm.pixels import read_samples
+from dicom_wm.robust import (
+    MESSAGE_BITS,
+    RobustMark,
+    decode_robust,
+    embed_robust,
+    message_for,
+    parse_message,
+    recipient_tag,
+    robust_distortion,
+    undo_robust,
+)
+from tests.corpus import pydicom_data_files
+
+SECRET = b"robust-test-secret-0123456789abcdef"
+OTHER = b"another-key-entirely-9876543210"
+MESSAGE = message_for(uuid.UUID("0123abcd-4567-4def-8901-23456789abcd"), "VIEWER_A")
+
+_DATA = pydicom_data_files()
+needs_data = pytest.mark.skipif(_DATA is None, reason="needs pydicom-data")
+# (file, channel): CT 16-bit signed, MR 12-bit, US RGB (one channel), CR large
+REAL = [("693_UNCR.dcm", 0), ("MR2_UNCR.dcm", 0), ("US1_UNCR.dcm", 1), ("RG1_UNCR.dcm", 0)]
+
+
+def _plane(name: str, channel: int) -> tuple[np.ndarray, int, int]:
+    assert _DATA is not None
+    planes = read_samples(pydicom.dcmread(_DATA / name))
+    return planes.samples[0, :, :, channel], planes.lo, planes.hi
+
+
+def _to8(plane: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    p1, p99 = np.percentile(ref, [1, 99])
+    return np.clip(np.round((plane - p1) / (p99 - p1) * 255), 0, 255).astype(np.uint8)
+
+
+# -- message ---------------------------------------------------------------------------
+
+
+def test_message_layout() -> None:
+    rec = uuid.uuid4()
+    msg = message_for(rec, "PACS_B")
+    assert len(msg) * 8 == MESSAGE_BITS
+    tag, who = parse_message(msg)
+    assert tag == rec.bytes[:6] and str(rec).replace("-", "").startswith(tag.hex())
+    assert who == recipient_tag("PACS_B") == recipient_tag("  PACS_B ") and 1 <= who <= 65535
+    assert parse_message(message_for(rec))[1] == 0
+    with pytest.raises(ValueError):
+        parse_message(b"short")
+    with pytest.raises(ValueError):
+        recipient_tag("  ")
+
+
+def test_mark_round_trip_and_validation() -> None:
+    mark = RobustMark(message=MESSAGE, amplitude=37, skipped=b"\x78\x9c")
+    assert RobustMark.from_bytes(mark.to_bytes()) == mark
+    with pytest.raises(ValueError):
+        RobustMark(message=b"x", amplitude=1)
+    with pytest.raises(ValueError):
+        embed_robust(np.zeros((8, 8), np.int64) + 5, 0, 4, MESSAGE, SECRET)
+
+
+# -- exact undo ------------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.integers(1, 200),
+    cols=st.integers(1, 200),
+    bits=st.integers(1, 16),
+    signed=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+    saturate=st.sampled_from(["none", "lo", "hi", "both", "near"]),
+)
+def test_undo_is_exact_on_random_planes(rows: int, cols: int, bits: int, signed: bool, seed: int, saturate: str) -> None:
+    lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed and bits > 1 else (0, (1 << bits) - 1)
+    rng = np.random.default_rng(seed)
+    plane = rng.integers(lo, hi + 1, (rows, cols))
+    if saturate in ("lo", "both"):
+        plane[: rows // 2] = lo
+    if saturate in ("hi", "both"):
+        plane[:, cols // 2 :] = hi
+    if saturate == "near":
+        plane = np.clip(lo + rng.integers(0, 3, (rows, cols)), lo, hi)
+    marked, mark = embed_robust(plane, lo, hi, MESSAGE, SECRET)
+    assert marked.dtype == np.int64 and marked.min() >= lo and marked.max() <= hi
+    again = RobustMark.from_bytes(mark.to_bytes())
+    assert np.array_equal(undo_robust(marked, lo, hi, again, SECRET), plane)
+
+
+@needs_data
+@pytest.mark.parametrize(("name", "channel"), REAL, ids=[n for n, _ in REAL])
+def test_real_planes_undo_exactly_and_decode(name: str, channel: int) -> None:
+    plane, lo, hi = _plane(name, channel)
+    plane = plane.copy()
+    plane[:40, :40] = lo  # a saturated corner as well as the image's own
+    plane[-40:, -40:] = hi
+    marked, mark = embed_robust(plane, lo, hi, MESSAGE, SECRET)
+    assert np.array_equal(undo_robust(marked, lo, hi, RobustMark.from_bytes(mark.to_bytes()), SECRET), plane)
+    assert len(mark.to_bytes()) < 2048
+    dist = robust_distortion(plane, marked, lo, hi)
+    assert dist["psnr_8bit_windowed_db"] >= 44.5
+    assert dist["ssim"] > 0.95
+    assert decode_robust(marked, SECRET) == MESSAGE
+    assert decode_robust(marked, OTHER) is None
+
+
+# -- attacks ---------------------------------------------------------------------------
+
+
+@needs_data
+def test_decode_after_png_jpeg50_and_crop() -> None:
+    from PIL import Image
+
+    plane, lo, hi = _plane("693_UNCR.dcm", 0)
+    marked, _ = embed_robust(plane, lo, hi, MESSAGE, SECRET)
+    png = io.BytesIO()
+    Image.fromarray(_to8(marked, plane)).save(png, "PNG")
+    exported = np.asarray(Image.open(io.BytesIO(png.getvalue())))
+    assert decode_robust(exported, SECRET) == MESSAGE
+    jpg = io.BytesIO()
+    Image.fromarray(exported).save(jpg, "JPEG", quality=50)
+    lossy = np.asarray(Image.open(io.BytesIO(jpg.getvalue())))
+    h, w = lossy.shape
+    side = np.sqrt(0.75)
+    r0, c0 = 37, 11
+    cropped = lossy[r0 : r0 + int(h * side), c0 : c0 + int(w * side)]
+    assert decode_robust(cropped, SECRET) == MESSAGE
+
+
+@needs_data
+def test_decode_after_rotation_and_resize() -> None:
+    from PIL import Image
+
+    plane, lo, hi = _plane("693_UNCR.dcm", 0)
+    marked, _ = embed_robust(plane, lo, hi, MESSAGE, SECRET)
+    img = Image.fromarray(_to8(marked, plane))
+    rotated = np.asarray(img.rotate(5, resample=Image.BILINEAR))
+    assert decode_robust(rotated, SECRET) == MESSAGE
+    half = np.asarray(img.resize((256, 256), Image.BICUBIC))
+    assert decode_robust(half, SECRET) == MESSAGE
+
+
+@needs_data
+def test_unmarked_and_wrong_key_decode_to_none() -> None:
+    plane, lo, hi = _plane("693_UNCR.dcm", 0)
+    assert decode_robust(plane, SECRET) is None
+    assert decode_robust(np.random.default_rng(3).normal(size=(300, 300)), SECRET) is None
+    marked, _ = embed_robust(plane, lo, hi, MESSAGE, OTHER)
+    assert decode_robust(marked, SECRET) is None
+    assert decode_robust(np.zeros((16, 16)), SECRET) is None
