@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from dicom_wm import __version__
-from dicom_wm.cli import audit, destinations, files, keys, service
+from dicom_wm.cli import audit, destinations, files, keys, service, trace
 
 __all__ = ["app", "main", "COMMAND_MODULES"]
 
@@ -22,7 +22,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-COMMAND_MODULES = (keys, files, service, destinations, audit)
+COMMAND_MODULES = (keys, files, service, destinations, audit, trace)
 for _module in COMMAND_MODULES:
     _module.register(app)
 

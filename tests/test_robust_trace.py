@@ -1,0 +1,87 @@
+"""``dicom-wm trace`` on an exported PNG: message, record and recipient."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from typer.testing import CliRunner
+
+from dicom_wm.cli.app import app
+from dicom_wm.db import Base, Destination, Instance, InstanceState, get_sessionmaker, utcnow
+from dicom_wm.db.engine import get_engine
+from dicom_wm.keys import KeyStore
+from dicom_wm.pixels import read_samples
+from dicom_wm.robust import embed_robust, message_for
+from tests.corpus import pydicom_data_files
+
+_DATA = pydicom_data_files()
+pytestmark = pytest.mark.skipif(_DATA is None, reason="needs pydicom-data")
+
+
+def _export(plane: np.ndarray, ref: np.ndarray, path: Path) -> Path:
+    from PIL import Image
+
+    p1, p99 = np.percentile(ref, [1, 99])
+    Image.fromarray(np.clip(np.round((plane - p1) / (p99 - p1) * 255), 0, 255).astype(np.uint8)).save(path)
+    return path
+
+
+def test_trace_png_export_names_record_and_recipient(tmp_path: Path) -> None:
+    store = KeyStore.init(tmp_path / "keys.json")
+    old = store.active_id
+    store.rotate()  # trace must try every key, not only the active one
+    record = uuid.uuid4()
+    assert _DATA is not None
+    planes = read_samples(pydicom.dcmread(_DATA / "693_UNCR.dcm"))
+    plane = planes.samples[0, :, :, 0]
+    marked, _ = embed_robust(plane, planes.lo, planes.hi, message_for(record, "LEAKY_VIEWER"), store.secret(old))
+    png = _export(marked, plane, tmp_path / "leak.png")
+    clean = _export(plane, plane, tmp_path / "clean.png")
+
+    url = f"sqlite:///{tmp_path / 'trace.sqlite3'}"
+    Base.metadata.create_all(get_engine(url))
+    now = utcnow()
+    with get_sessionmaker(url)() as s:
+        s.add(Instance(
+            sop_instance_uid="1.2.3.4.5", version=1, is_current=True, sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+            study_instance_uid="1.2.3", series_instance_uid="1.2.3.4", patient_id="PAT-7", received_at=now,
+            updated_at=now, received_transfer_syntax_uid="1.2.840.10008.1.2.1", received_size=10,
+            received_sha256="0" * 64, state=InstanceState.WATERMARKED, attempts=1, record_uuid=str(record),
+        ))
+        s.add(Destination(ae_title="LEAKY_VIEWER", host="10.0.0.9", port=104))
+        s.add(Destination(ae_title="OTHER_PACS", host="10.0.0.8", port=104))
+        s.commit()
+
+    runner = CliRunner()
+    keys = ["--keys", str(tmp_path / "keys.json"), "--data-dir", str(tmp_path)]
+    found = runner.invoke(app, ["trace", str(png), "--json", "--db", url, *keys])
+    assert found.exit_code == 0, found.output
+    out = json.loads(found.stdout)
+    assert out["message"] == message_for(record, "LEAKY_VIEWER").hex()
+    assert out["key_id"] == old
+    assert [r["sop_instance_uid"] for r in out["records"]] == ["1.2.3.4.5"]
+    assert out["records"][0]["patient_id"] == "PAT-7"
+    assert out["recipients"] == ["LEAKY_VIEWER"]
+
+    text = runner.invoke(app, ["trace", str(png), "--db", url, *keys])
+    assert text.exit_code == 0 and "recipient LEAKY_VIEWER" in text.stdout
+
+    none = runner.invoke(app, ["trace", str(clean), "--json", *keys])
+    assert none.exit_code == 1
+    assert json.loads(none.stdout)["message"] is None
+
+
+def test_unmarked_dicom_file_traces_to_null(tmp_path: Path) -> None:
+    KeyStore.init(tmp_path / "keys.json")
+    assert _DATA is not None
+    dcm = _DATA / "693_UNCR.dcm"
+    result = CliRunner().invoke(
+        app, ["trace", str(dcm), "--json", "--keys", str(tmp_path / "keys.json"), "--data-dir", str(tmp_path)]
+    )
+    assert result.exit_code == 1, result.output
+    assert json.loads(result.stdout) == {"file": str(dcm), "message": None, "key_id": None}
