@@ -36,7 +36,7 @@ MAX_DECODES = 4  # the identity, then the best _REFINE geometry hypotheses
 _REFINE = MAX_DECODES - 1
 _MAX_SIDE = 1024  # canonical samples decoded per side (a centre crop of larger images)
 _SEARCH_SIDE = 512  # ... and used to score geometry hypotheses
-_SIGMA = 2.5  # high-pass of the whitening, canonical samples
+_SIGMA = 1.5  # high-pass of the whitening, canonical samples
 _N = PERIOD // CHIP
 
 

@@ -27,7 +27,7 @@ __all__ = ["PERIOD", "CHIP", "SHAPE", "SHAPE_SCALE", "SYNC_CHIPS", "Layout", "la
 PERIOD = 128
 CHIP = 4
 CHIPS = (PERIOD // CHIP) ** 2  # 1024 per tile
-SYNC_CHIPS = CHIPS - 2 * CODED_BITS  # 412: every coded bit gets two chips per tile
+SYNC_CHIPS = CHIPS - 3 * CODED_BITS  # 106: every coded bit gets three chips per tile
 _W1 = np.array([1, 2, 2, 1], dtype=np.int64)
 SHAPE = np.outer(_W1, _W1)  # values 1, 2, 4; rms 2.5
 SHAPE_SCALE = 16  # the amplitude is in 1/16 stored units
