@@ -92,8 +92,8 @@ def egress_pool(ctx: ScpContext) -> EgressPool:
 
 def outgoing_syntax(item: RetrieveItem, policy: EgressPolicy) -> str:
     """The transfer syntax an instance leaves in (before any fallback)."""
-    if item.state is InstanceState.WATERMARKED and policy is EgressPolicy.ORIGINAL:
-        return _EXPLICIT_LE  # restored samples are written natively
+    if item.state is InstanceState.WATERMARKED and policy in (EgressPolicy.ORIGINAL, EgressPolicy.FINGERPRINT):
+        return _EXPLICIT_LE  # restored (and re-marked) samples are written natively
     return item.stored_transfer_syntax_uid or _EXPLICIT_LE
 
 
@@ -201,7 +201,7 @@ def _suboperations(
 ) -> Iterator[tuple[int, Dataset | None]]:
     """One yield per instance: the verified dataset, or a failed sub-operation."""
     try:
-        for prepared in pool.prepared(items, policy):
+        for prepared in pool.prepared(items, policy, recipient=audit.destination):
             if event.is_cancelled:
                 log.info("%s to %s cancelled by the requester", audit.service, audit.destination)
                 yield CANCEL, None

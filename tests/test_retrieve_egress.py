@@ -92,6 +92,28 @@ def test_original_policy_sends_the_restored_original(tmp_path: Path) -> None:
     assert {e.tag for e in restored if e.tag.element} == {e.tag for e in original if e.tag.element}
 
 
+def test_fingerprint_policy_sends_a_copy_that_names_the_recipient(tmp_path: Path) -> None:
+    """Issue #6 item 4: verified, restored, watermarked again (same record)
+    with a robust mark whose message names the destination."""
+    robust = pytest.importorskip("dicom_wm.robust")
+    from dicom_wm.watermark import VerifyStatus, restore_dataset, verify_dataset
+
+    keys, _ = _keys(tmp_path)
+    item, original = _archive(tmp_path, _ct(), keys)
+    data = read_archived(item, EgressPolicy.FINGERPRINT, tmp_path)
+    out = prepare(item, EgressPolicy.FINGERPRINT, keys, data, recipient="VIEWER7")
+    assert out.verdict is Verdict.AUTHENTIC and out.ok
+    sent = pydicom.dcmread(io.BytesIO(out.payload))
+    check = verify_dataset(sent, keys)
+    assert check.status is VerifyStatus.AUTHENTIC and check.record_uuid == item.record_uuid
+    message = robust.decode_robust(read_samples(sent).samples[0, :, :, 0], keys.secret(keys.active_id))
+    assert message is not None
+    record_tag, recipient = robust.parse_message(message)
+    assert recipient == robust.recipient_tag("VIEWER7")
+    assert uuid.UUID(item.record_uuid).bytes.startswith(record_tag)
+    assert np.array_equal(read_samples(restore_dataset(sent, keys).dataset).samples, read_samples(original).samples)
+
+
 def test_a_changed_sample_is_tampered_with_its_tile(tmp_path: Path) -> None:
     keys, _ = _keys(tmp_path)
     item, _ = _archive(tmp_path, _ct(), keys)

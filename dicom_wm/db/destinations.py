@@ -27,6 +27,7 @@ class EgressPolicy(str, enum.Enum):
 
     WATERMARKED = "watermarked"  # the archived, watermarked instance, verified authentic
     ORIGINAL = "original"  # the restored original, its sample hash checked against provenance
+    FINGERPRINT = "fingerprint"  # verified, restored, then watermarked again with a robust mark naming the recipient
 
 
 class Destination(Base):

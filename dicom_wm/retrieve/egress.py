@@ -35,6 +35,7 @@ import enum
 import hashlib
 import io
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,6 +119,23 @@ def _provenance_problem(item: RetrieveItem, ds: Dataset, check: VerifyResult) ->
     return None
 
 
+def _fingerprinted(
+    item: RetrieveItem, policy: EgressPolicy, original: Dataset, keys: KeyStore, recipient: str | None, changed: bool
+) -> Prepared:
+    """The verified original, watermarked again (same record) with a robust
+    mark whose message names the recipient: a leaked copy traces to it."""
+    from dicom_wm.errors import DicomWmError
+    from dicom_wm.watermark import EmbedOptions, embed_dataset
+
+    record = uuid.UUID(item.record_uuid) if item.record_uuid else None
+    try:
+        marked = embed_dataset(original, keys, record_uuid=record, options=EmbedOptions(robust=True, recipient=recipient))
+    except DicomWmError as exc:
+        return Prepared(item, policy, Verdict.UNREADABLE, reason=f"cannot fingerprint: {exc}", file_changed=changed)
+    return Prepared(item, policy, Verdict.AUTHENTIC, payload=encode_part10(marked.dataset), restored=True,
+                    file_changed=changed)
+
+
 def read_archived(item: RetrieveItem, policy: EgressPolicy, data_dir: Path) -> bytes | Prepared:
     """The archived file's bytes, or the refusal saying why there are none."""
     if not item.archive_path:
@@ -131,17 +149,27 @@ def read_archived(item: RetrieveItem, policy: EgressPolicy, data_dir: Path) -> b
                         reason=f"archived file {item.archive_path} cannot be read: {exc.strerror or exc}")
 
 
-def prepare(item: RetrieveItem, policy: EgressPolicy, keys: KeyStore, data: bytes, sha256: str | None = None) -> Prepared:
+def prepare(
+    item: RetrieveItem,
+    policy: EgressPolicy,
+    keys: KeyStore,
+    data: bytes,
+    sha256: str | None = None,
+    recipient: str | None = None,
+) -> Prepared:
     """Verify one instance's archived bytes ``data`` and produce what may be
-    sent (module docstring). ``sha256`` is their SHA-256 if already known."""
+    sent (module docstring). ``sha256`` is their SHA-256 if already known;
+    ``recipient`` is the AE title a ``fingerprint`` copy names."""
     started = time.perf_counter()
     digest = sha256 or hashlib.sha256(data).hexdigest()
-    out = _prepare(item, policy, keys, data, digest)
+    out = _prepare(item, policy, keys, data, digest, recipient)
     out.seconds = time.perf_counter() - started
     return out
 
 
-def _prepare(item: RetrieveItem, policy: EgressPolicy, keys: KeyStore, data: bytes, digest: str) -> Prepared:
+def _prepare(
+    item: RetrieveItem, policy: EgressPolicy, keys: KeyStore, data: bytes, digest: str, recipient: str | None
+) -> Prepared:
     def refuse(verdict: Verdict, reason: str, **kw: object) -> Prepared:
         return Prepared(item, policy, verdict, reason=reason, **kw)  # type: ignore[arg-type]
 
@@ -160,7 +188,7 @@ def _prepare(item: RetrieveItem, policy: EgressPolicy, keys: KeyStore, data: byt
                       file_changed=changed)
 
     restored: Dataset | None = None
-    if policy is EgressPolicy.ORIGINAL:
+    if policy in (EgressPolicy.ORIGINAL, EgressPolicy.FINGERPRINT):
         try:
             # force: one verification pass gives the verdict and the samples;
             # nothing but an authentic result is ever sent.
@@ -178,9 +206,11 @@ def _prepare(item: RetrieveItem, policy: EgressPolicy, keys: KeyStore, data: byt
     problem = _provenance_problem(item, ds, check)
     if problem is not None:
         return refuse(Verdict.PROVENANCE_MISMATCH, problem, file_changed=changed)
-    if policy is EgressPolicy.ORIGINAL:
+    if policy in (EgressPolicy.ORIGINAL, EgressPolicy.FINGERPRINT):
         if restored is None:  # pragma: no cover - an authentic result always restores
             return refuse(Verdict.UNREADABLE, "restore produced no dataset")
+        if policy is EgressPolicy.FINGERPRINT:
+            return _fingerprinted(item, policy, restored, keys, recipient, changed)
         return Prepared(item, policy, Verdict.AUTHENTIC, payload=encode_part10(restored), restored=True,
                         file_changed=changed)
     return Prepared(item, policy, Verdict.AUTHENTIC, payload=data, file_changed=changed)

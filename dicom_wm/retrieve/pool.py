@@ -122,19 +122,23 @@ def _init_child(keys_path: str, log_level: int) -> None:
     _child = KeyCache(Path(keys_path))
 
 
-def _prepare_in_child(item: RetrieveItem, policy: EgressPolicy, data: bytes, digest: str) -> Prepared:
+def _prepare_in_child(
+    item: RetrieveItem, policy: EgressPolicy, data: bytes, digest: str, recipient: str | None = None
+) -> Prepared:
     if _child is None:  # pragma: no cover - the initializer always runs first
         raise RuntimeError("verification process not initialised")
-    out = _safe_prepare(item, policy, _child, data, digest)
+    out = _safe_prepare(item, policy, _child, data, digest, recipient)
     if policy is EgressPolicy.WATERMARKED:
         out.payload = None  # the sender has these bytes already: do not ship them back
     return out
 
 
-def _safe_prepare(item: RetrieveItem, policy: EgressPolicy, keys: KeyCache, data: bytes, digest: str) -> Prepared:
+def _safe_prepare(
+    item: RetrieveItem, policy: EgressPolicy, keys: KeyCache, data: bytes, digest: str, recipient: str | None = None
+) -> Prepared:
     try:
         store, _stamp = keys.get()
-        return prepare(item, policy, store, data, digest)
+        return prepare(item, policy, store, data, digest, recipient)
     except KeyStoreError as exc:
         return Prepared(item, policy, Verdict.UNREADABLE, reason=f"key store: {exc}")
     except Exception as exc:  # one instance's bug must not end the whole retrieve
@@ -186,14 +190,16 @@ class EgressPool:
             list(self._pool().map(int, range(self.workers)))  # wait until they are up
             log.info("%d verification process(es) ready", self.workers)
 
-    def prepared(self, items: Iterable[RetrieveItem], policy: EgressPolicy) -> Iterator[Prepared]:
+    def prepared(
+        self, items: Iterable[RetrieveItem], policy: EgressPolicy, recipient: str | None = None
+    ) -> Iterator[Prepared]:
         """Each item verified and prepared, in order; at most ``2 * workers``
         (at least 2) ahead of the consumer."""
         window = max(4, 2 * self.workers)
         queue: deque[Future[_Job]] = deque()
         try:
             for item in items:
-                queue.append(self._readers.submit(self._start, item, policy))
+                queue.append(self._readers.submit(self._start, item, policy, recipient))
                 if len(queue) >= window:
                     yield self._finish(queue.popleft().result(), policy)
             while queue:
@@ -205,7 +211,7 @@ class EgressPool:
                     if job.future is not None:
                         job.future.cancel()
 
-    def _start(self, item: RetrieveItem, policy: EgressPolicy) -> _Job:
+    def _start(self, item: RetrieveItem, policy: EgressPolicy, recipient: str | None = None) -> _Job:
         data = read_archived(item, policy, self.data_dir)
         if isinstance(data, Prepared):
             return _Job(item, ready=data)
@@ -216,20 +222,20 @@ class EgressPool:
             return _Job(item, ready=Prepared(item, policy, Verdict.UNREADABLE, reason=f"key store: {exc}"))
         job = _Job(item, data=data, digest=digest, stamp=stamp)
         if item.state is not InstanceState.WATERMARKED:  # a hash comparison: no process needed
-            job.ready = _safe_prepare(item, policy, self.keys, data, digest)
+            job.ready = _safe_prepare(item, policy, self.keys, data, digest, recipient)
         elif policy is EgressPolicy.WATERMARKED and self.cache.hit(item.instance_id, digest, stamp):
             job.ready = Prepared(item, policy, Verdict.AUTHENTIC, payload=data, cached=True,
                                  file_changed=item.stored_sha256 is not None and digest != item.stored_sha256)
         elif not self.workers:
-            job.ready = _safe_prepare(item, policy, self.keys, data, digest)
+            job.ready = _safe_prepare(item, policy, self.keys, data, digest, recipient)
         else:
             job.pool = self._pool()
             try:
-                job.future = job.pool.submit(_prepare_in_child, item, policy, data, digest)
+                job.future = job.pool.submit(_prepare_in_child, item, policy, data, digest, recipient)
             except RuntimeError:  # the pool broke (a process was killed): start a new one
                 self._replace(job.pool)
                 job.pool = self._pool()
-                job.future = job.pool.submit(_prepare_in_child, item, policy, data, digest)
+                job.future = job.pool.submit(_prepare_in_child, item, policy, data, digest, recipient)
         return job
 
     def _finish(self, job: _Job, policy: EgressPolicy) -> Prepared:
