@@ -32,7 +32,7 @@ dest_app = typer.Typer(
 
 PolicyOpt = Annotated[
     str,
-    typer.Option("--policy", help="watermarked: verified watermarked instances; original: verified, restored originals"),
+    typer.Option("--policy", help="watermarked: verified watermarked instances; original: verified, restored originals; fingerprint: verified copies re-marked with a robust mark naming this destination"),
 ]
 
 
