@@ -161,3 +161,15 @@ def test_unmarked_and_wrong_key_decode_to_none() -> None:
     marked, _ = embed_robust(plane, lo, hi, MESSAGE, OTHER)
     assert decode_robust(marked, SECRET) is None
     assert decode_robust(np.zeros((16, 16)), SECRET) is None
+
+
+def test_learned_filter_is_pinned_and_small() -> None:
+    import hashlib
+
+    from dicom_wm.robust import learned
+
+    blob = learned._PATH.read_bytes()
+    assert len(blob) < 10 * 2**20
+    assert hashlib.sha256(blob).hexdigest() == learned.MODEL_SHA256
+    kernel = learned.load_kernel()
+    assert kernel is not None and kernel.shape == (2 * learned.RADIUS + 1,) * 2

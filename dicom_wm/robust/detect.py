@@ -1,8 +1,10 @@
 """Blind decoding: re-synchronise (scale, rotation, shift), soft-decode, check.
 
-1. The image (any scale, any size; RGB is averaged to luminance) is whitened:
-   a Gaussian high-pass, divided by the local standard deviation and clipped,
-   so edges, windowing and export scaling do not dominate.
+1. The image (any scale, any size; RGB is averaged to luminance) is whitened
+   two ways, each tried in turn: classically (a Gaussian high-pass, divided by
+   the local standard deviation and clipped, so edges, windowing and export
+   scaling do not dominate) and by the learned extraction filter
+   (:mod:`dicom_wm.robust.learned`), when torch is installed.
 2. Geometry hypotheses: the identity first, then scale/rotation read from the
    autocorrelation of the whitened image, whose strongest off-centre peaks sit
    on the lattice of the pattern's period. Each hypothesis is refined on a
@@ -17,7 +19,7 @@
 False positives: each check attempt passes at random with probability
 2**-32; at most :data:`MAX_DECODES` attempts are made per key, so an unmarked
 image (or a mark made with another key) decodes with probability at most
-``MAX_DECODES * 2**-32`` (< 1e-9) per key tried.
+``MAX_DECODES * 2**-32`` (< 2e-9) per key tried.
 """
 
 from __future__ import annotations
@@ -27,13 +29,16 @@ import math
 import numpy as np
 from scipy import ndimage
 
+from dicom_wm.robust.learned import learned_whiten, load_kernel
 from dicom_wm.robust.code import CODED_BITS, bits_of, bytes_of, check_bytes, viterbi_decode
 from dicom_wm.robust.pattern import CHIP, PERIOD, SHAPE, chip_values, layout, tile_from_chips
 
 __all__ = ["decode_robust", "MAX_DECODES"]
 
-MAX_DECODES = 4  # the identity, then the best _REFINE geometry hypotheses
-_REFINE = MAX_DECODES - 1
+# per whitening (classical, learned): the identity, then the best _REFINE
+# geometry hypotheses
+MAX_DECODES = 8
+_REFINE = MAX_DECODES // 2 - 1
 _MAX_SIDE = 1024  # canonical samples decoded per side (a centre crop of larger images)
 _SEARCH_SIDE = 512  # ... and used to score geometry hypotheses
 _SIGMA = 1.5  # high-pass of the whitening, canonical samples
@@ -174,25 +179,33 @@ def decode_robust(image: np.ndarray, secret: bytes) -> bytes | None:
     if min(x.shape) < 32:
         return None
     key = _Key(secret)
-    whitened: dict[int, np.ndarray] = {}
+    kernel = load_kernel()
+    whitened: dict[tuple[str, int], np.ndarray] = {}
 
-    def white_for(scale: float) -> np.ndarray:
+    def white_for(variant: str, scale: float) -> np.ndarray:
+        if variant == "learned":
+            bucket = 0
+            if (variant, bucket) not in whitened:
+                whitened[variant, bucket] = learned_whiten(x, kernel)
+            return whitened[variant, bucket]
         # the high-pass is sized for the canonical chip: wider for enlarged images
         bucket = max(0, int(round(2 * math.log2(max(scale, 1.0)))))
-        if bucket not in whitened:
-            whitened[bucket] = _whiten(x, sigma=_SIGMA * 2 ** (bucket / 2))
-        return whitened[bucket]
+        if (variant, bucket) not in whitened:
+            whitened[variant, bucket] = _whiten(x, sigma=_SIGMA * 2 ** (bucket / 2))
+        return whitened[variant, bucket]
 
-    def try_at(scale: float, angle: float, side: int) -> tuple[float, np.ndarray, tuple[int, int]]:
-        w, valid = _resample(white_for(scale), scale, angle, side)
+    def try_at(variant: str, scale: float, angle: float, side: int) -> tuple[float, np.ndarray, tuple[int, int]]:
+        w, valid = _resample(white_for(variant, scale), scale, angle, side)
         folded = _fold(w, valid)
         score, shift = _sync(folded, key)
         return score, folded, shift
 
-    _, folded, shift = try_at(1.0, 0.0, _MAX_SIDE)
-    msg = _decode(folded, shift, key)
-    if msg is not None:
-        return msg
+    variants = ("classical",) if kernel is None else ("classical", "learned")
+    for variant in variants:
+        _, folded, shift = try_at(variant, 1.0, 0.0, _MAX_SIDE)
+        msg = _decode(folded, shift, key)
+        if msg is not None:
+            return msg
     # geometry from the autocorrelation of the whitened input (downsampled if large)
     small = x
     factor = 1.0
@@ -205,20 +218,21 @@ def decode_robust(image: np.ndarray, secret: bytes) -> bytes | None:
         s0 *= factor
         if any(abs(s0 / s - 1) < 0.01 and abs(a0 - a) < 0.5 for _, s, a in cands):
             continue
-        cands.append((try_at(s0, a0, _SEARCH_SIDE)[0], s0, a0))
+        cands.append((try_at("classical", s0, a0, _SEARCH_SIDE)[0], s0, a0))
     cands.sort(reverse=True)
     for _, s0, a0 in cands[:_REFINE]:
-        best = (-np.inf, s0, a0)
-        # coordinate search: scale, then angle, then scale again, on a shrinking step
-        for step_s, step_a in ((0.004, 0.3), (0.002, 0.15), (0.001, 0.075)):
-            for ds in (-step_s, 0.0, step_s):
-                for da in (-step_a, 0.0, step_a):
-                    s, a = best[1] * (1 + ds), best[2] + da
-                    sc = try_at(s, a, _SEARCH_SIDE)[0]
-                    if sc > best[0] + 1e-9:
-                        best = (sc, s, a)
-        _, folded, shift = try_at(best[1], best[2], _MAX_SIDE)
-        msg = _decode(folded, shift, key)
-        if msg is not None:
-            return msg
+        for variant in variants:
+            best = (-np.inf, s0, a0)
+            # coordinate search: scale, then angle, then scale again, on a shrinking step
+            for step_s, step_a in ((0.004, 0.3), (0.002, 0.15), (0.001, 0.075)):
+                for ds in (-step_s, 0.0, step_s):
+                    for da in (-step_a, 0.0, step_a):
+                        s, a = best[1] * (1 + ds), best[2] + da
+                        sc = try_at(variant, s, a, _SEARCH_SIDE)[0]
+                        if sc > best[0] + 1e-9:
+                            best = (sc, s, a)
+            _, folded, shift = try_at(variant, best[1], best[2], _MAX_SIDE)
+            msg = _decode(folded, shift, key)
+            if msg is not None:
+                return msg
     return None
