@@ -14,9 +14,9 @@ from dicom_wm.robust.pattern import CHIP, PERIOD, SHAPE, SHAPE_SCALE, chip_value
 
 __all__ = ["RobustMark", "embed_robust", "undo_robust", "TARGET_RMS_8BIT", "strength_for"]
 
-# rms change on the 8-bit windowed rendering the strength aims for: 1.35
-# levels is 45.5 dB PSNR before rounding
-TARGET_RMS_8BIT = 1.35
+# rms change on the 8-bit windowed rendering the strength aims for: 1.3
+# levels is 45.9 dB PSNR before the rendering rounds to 8 bits
+TARGET_RMS_8BIT = 1.3
 _VERSION = 1
 _HEADER = struct.Struct(">BB8sI")  # version, flags, message, amplitude (1/16 units)
 
