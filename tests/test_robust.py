@@ -173,3 +173,14 @@ def test_learned_filter_is_pinned_and_small() -> None:
     assert hashlib.sha256(blob).hexdigest() == learned.MODEL_SHA256
     kernel = learned.load_kernel()
     assert kernel is not None and kernel.shape == (2 * learned.RADIUS + 1,) * 2
+
+
+@needs_data
+def test_rgb_marked_per_channel_decodes_on_luminance() -> None:
+    assert _DATA is not None
+    planes = read_samples(pydicom.dcmread(_DATA / "US1_UNCR.dcm"))
+    rgb = planes.samples[0]
+    marked = np.stack(
+        [embed_robust(rgb[:, :, c], planes.lo, planes.hi, MESSAGE, SECRET)[0] for c in range(3)], axis=-1
+    ).astype(np.uint8)
+    assert decode_robust(marked, SECRET) == MESSAGE

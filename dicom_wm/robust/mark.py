@@ -112,6 +112,35 @@ def _ambiguous(marked: np.ndarray, delta: np.ndarray, lo: int, hi: int) -> np.nd
     return could_embed & could_skip
 
 
+def _rendered_rms(plane: np.ndarray, marked: np.ndarray) -> float:
+    """rms change on the 8-bit rendering of the 1st..99th percentile window."""
+    p1, p99 = (float(v) for v in np.percentile(plane, [1, 99]))
+    scale = 255.0 / max(p99 - p1, 1.0)
+    a = np.clip(np.round((plane - p1) * scale), 0, 255)
+    b = np.clip(np.round((marked - p1) * scale), 0, 255)
+    return float(np.sqrt(np.mean((a - b) ** 2)))
+
+
+def _calibrate(plane: np.ndarray, lo: int, hi: int, message: bytes, secret: bytes) -> int:
+    """The amplitude whose change on the 8-bit rendering has rms close to, and
+    not much above, :data:`TARGET_RMS_8BIT`: chips left out (clipping) give
+    their energy budget back to the rest; the integer rounding of the pattern
+    and of the rendering make the rms a step function, hence the search."""
+    first = amplitude = strength_for(plane, lo, hi)
+    tried: dict[int, float] = {}
+    for _ in range(6):
+        marked, _ = _apply(plane, lo, hi, message, secret, amplitude)
+        rms = tried[amplitude] = _rendered_rms(plane, marked)
+        if rms == 0:
+            break
+        new = max(min(int(round(amplitude * TARGET_RMS_8BIT / rms)), 2 * first), 1)
+        if new in tried:
+            break
+        amplitude = new
+    fitting = [a for a, r in tried.items() if r <= TARGET_RMS_8BIT * 1.05]
+    return max(fitting) if fitting else min(tried)
+
+
 def _apply(
     plane: np.ndarray, lo: int, hi: int, message: bytes, secret: bytes, amplitude: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -137,7 +166,7 @@ def embed_robust(
         The key; the pattern, its sync part and the check are derived from it.
     amplitude : int, optional
         Strength in 1/16 stored units; default: :func:`strength_for`,
-        rescaled once so the change measured on the 1st..99th percentile 8-bit
+        searched (up to 6 tries, at most 2x) so the change measured on the 1st..99th percentile 8-bit
         window has rms :data:`TARGET_RMS_8BIT`.
 
     Returns
@@ -152,13 +181,7 @@ def embed_robust(
     if not isinstance(message, bytes) or len(message) != MESSAGE_BYTES:
         raise ValueError(f"message must be {MESSAGE_BYTES} bytes, got {message!r}")
     if amplitude is None:
-        # calibrate once on the actual change: chips left out (clipping) and
-        # integer rounding give the energy budget back to the rest
-        amplitude = strength_for(plane, lo, hi)
-        marked, _ = _apply(plane, lo, hi, message, secret, amplitude)
-        rms = float(np.sqrt(np.mean((marked - plane).astype(np.float64) ** 2))) * 255.0 / _window_width(plane)
-        if rms > 0:
-            amplitude = max(int(round(amplitude * min(TARGET_RMS_8BIT / rms, 2.0))), 1)
+        amplitude = _calibrate(plane, lo, hi, message, secret)
     marked, skip = _apply(plane, lo, hi, message, secret, amplitude)
     delta = _delta(plane.shape, message, amplitude, secret)
     flags = skip[_ambiguous(marked, delta, lo, hi)]
