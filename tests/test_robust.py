@@ -111,7 +111,7 @@ def test_real_planes_undo_exactly_and_decode(name: str, channel: int) -> None:
     assert np.array_equal(undo_robust(marked, lo, hi, RobustMark.from_bytes(mark.to_bytes()), SECRET), plane)
     assert len(mark.to_bytes()) < 2048
     dist = robust_distortion(plane, marked, lo, hi)
-    assert dist["psnr_8bit_windowed_db"] >= 44.5
+    assert dist["psnr_8bit_windowed_db"] >= 45.0
     assert dist["ssim"] > 0.95
     assert decode_robust(marked, SECRET) == MESSAGE
     assert decode_robust(marked, OTHER) is None
