@@ -29,8 +29,8 @@ import math
 import numpy as np
 from scipy import ndimage
 
+from dicom_wm.robust.code import CODED_BITS, bytes_of, check_bytes, viterbi_decode
 from dicom_wm.robust.learned import learned_whiten, load_kernel
-from dicom_wm.robust.code import CODED_BITS, bits_of, bytes_of, check_bytes, viterbi_decode
 from dicom_wm.robust.pattern import CHIP, PERIOD, SHAPE, chip_values, layout, tile_from_chips
 
 __all__ = ["decode_robust", "MAX_DECODES"]
@@ -41,7 +41,7 @@ MAX_DECODES = 8
 _REFINE = MAX_DECODES // 2 - 1
 _MAX_SIDE = 1024  # canonical samples decoded per side (a centre crop of larger images)
 _SEARCH_SIDE = 512  # ... and used to score geometry hypotheses
-_SIGMA = 1.5  # high-pass of the whitening, canonical samples
+_SIGMA = 1.5  # high-pass of the classical whitening, canonical samples
 _N = PERIOD // CHIP
 
 
@@ -54,7 +54,7 @@ def _luminance(image: np.ndarray) -> np.ndarray:
     return a.astype(np.float64)
 
 
-def _whiten(x: np.ndarray, sigma: float = 2.5) -> np.ndarray:
+def _whiten(x: np.ndarray, sigma: float = 1.5) -> np.ndarray:
     hp = x - ndimage.gaussian_filter(x, sigma)
     local = np.sqrt(ndimage.gaussian_filter(hp * hp, 2.4 * sigma))
     floor = max(float(np.median(local[local > 0])) if np.any(local > 0) else 1.0, 1e-9) * 0.25
@@ -183,11 +183,11 @@ def decode_robust(image: np.ndarray, secret: bytes) -> bytes | None:
     whitened: dict[tuple[str, int], np.ndarray] = {}
 
     def white_for(variant: str, scale: float) -> np.ndarray:
-        if variant == "learned":
-            bucket = 0
-            if (variant, bucket) not in whitened:
-                whitened[variant, bucket] = learned_whiten(x, kernel)
-            return whitened[variant, bucket]
+        if variant == "learned" and kernel is not None:
+            # applied at the input's own scale: it held up under resize x0.5 in tests
+            if (variant, 0) not in whitened:
+                whitened[variant, 0] = learned_whiten(x, kernel)
+            return whitened[variant, 0]
         # the high-pass is sized for the canonical chip: wider for enlarged images
         bucket = max(0, int(round(2 * math.log2(max(scale, 1.0)))))
         if (variant, bucket) not in whitened:

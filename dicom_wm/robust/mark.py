@@ -10,7 +10,7 @@ import numpy as np
 
 from dicom_wm.robust.code import check_bytes, bits_of, encode_bits
 from dicom_wm.robust.message import MESSAGE_BYTES
-from dicom_wm.robust.pattern import CHIP, PERIOD, SHAPE, SHAPE_SCALE, chip_values, tile_from_chips
+from dicom_wm.robust.pattern import CHIP, PERIOD, SHAPE, SHAPE_SCALE, chip_values, dither, tile_from_chips
 
 __all__ = ["RobustMark", "embed_robust", "undo_robust", "TARGET_RMS_8BIT", "strength_for"]
 
@@ -84,8 +84,8 @@ def _delta(shape: tuple[int, int], message: bytes, amplitude: int, secret: bytes
     info = np.concatenate([bits_of(message), bits_of(check_bytes(message, secret))])
     chips = chip_values(encode_bits(info), secret)
     # integer arithmetic only: the same delta on every machine
-    mag = (amplitude * SHAPE + SHAPE_SCALE // 2) // SHAPE_SCALE
-    tile = tile_from_chips(chips, mag)
+    weights = tile_from_chips(np.ones_like(chips), SHAPE)
+    tile = tile_from_chips(chips, np.ones_like(SHAPE)) * ((amplitude * weights + dither(secret)) // SHAPE_SCALE)
     rows, cols = shape
     reps = (-(-rows // PERIOD), -(-cols // PERIOD))
     return np.tile(tile, reps)[:rows, :cols]

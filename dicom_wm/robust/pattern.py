@@ -6,8 +6,9 @@ permutation gives ``SYNC_CHIPS`` chips to a fixed sync pattern (used to find
 the tile's cyclic shift) and the rest, in turn, to the 306 coded bits; every
 chip is XOR-ed with a key-derived sign. The tile is repeated over the whole
 plane. Each chip is shaped by the integer window ``SHAPE`` so the pattern is
-mid-frequency (it survives JPEG, resizing and median filtering) and, being
-integer arithmetic only, bit-identical on every machine.
+mid-frequency (it survives JPEG, resizing and median filtering); the
+magnitude is rounded with a key-derived dither and, being integer
+arithmetic only, is bit-identical on every machine.
 
 All key material comes from SHAKE-256, not from a NumPy generator, so the
 pattern (and so :func:`undo_robust`) does not depend on the NumPy version.
@@ -22,7 +23,7 @@ import numpy as np
 
 from dicom_wm.robust.code import CODED_BITS
 
-__all__ = ["PERIOD", "CHIP", "SHAPE", "SHAPE_SCALE", "SYNC_CHIPS", "Layout", "layout", "chip_values", "tile_from_chips"]
+__all__ = ["PERIOD", "CHIP", "SHAPE", "SHAPE_SCALE", "SYNC_CHIPS", "Layout", "layout", "dither", "chip_values", "tile_from_chips"]
 
 PERIOD = 128
 CHIP = 4
@@ -48,6 +49,15 @@ class Layout:
         self.sync = perm[:SYNC_CHIPS]
         self.data = perm[SYNC_CHIPS:]  # data chip j carries coded bit j % CODED_BITS
         self.bit_of = np.arange(self.data.size) % CODED_BITS
+
+
+@lru_cache(maxsize=16)
+def dither(secret: bytes) -> np.ndarray:
+    """Key-derived rounding offsets 0..SHAPE_SCALE-1, one per tile sample: with
+    them the pattern's energy grows smoothly with the amplitude even when
+    every change is 1 or 2 stored units (8-bit planes)."""
+    raw = np.frombuffer(_stream(secret, b"dither", PERIOD * PERIOD), dtype=np.uint8).astype(np.int64)
+    return (raw % SHAPE_SCALE).reshape(PERIOD, PERIOD)
 
 
 @lru_cache(maxsize=16)
