@@ -7,7 +7,8 @@
    (:mod:`dicom_wm.robust.learned`), when torch is installed.
 2. Geometry hypotheses: the identity first, then scale/rotation read from the
    autocorrelation of the whitened image, whose strongest off-centre peaks sit
-   on the lattice of the pattern's period. Each hypothesis is refined on a
+   on the lattice of the pattern's period (each peak's angle is also tried at
+   scale 1, for when image content outshines the lattice). Each hypothesis is refined on a
    small grid by the height of the sync correlation peak.
 3. Under a hypothesis the image is resampled to the canonical grid, folded
    modulo the period (averaging every tile it holds), and cross-correlated
@@ -41,6 +42,7 @@ MAX_DECODES = 8
 _REFINE = MAX_DECODES // 2 - 1
 _MAX_SIDE = 1024  # canonical samples decoded per side (a centre crop of larger images)
 _SEARCH_SIDE = 512  # ... and used to score geometry hypotheses
+_PEAKS = 12  # autocorrelation peaks read as lattice vectors
 _SIGMA = 1.5  # high-pass of the classical whitening, canonical samples
 _N = PERIOD // CHIP
 
@@ -143,7 +145,7 @@ def _autocorr_candidates(w: np.ndarray) -> list[tuple[float, float]]:
         return []
     local = ac == ndimage.maximum_filter(ac, size=5)
     score = np.where(band & local, ac, -np.inf)
-    idx = np.argsort(score, axis=None)[::-1][:6]
+    idx = np.argsort(score, axis=None)[::-1][:_PEAKS]
     out: list[tuple[float, float]] = []
     for i in idx:
         if not np.isfinite(score.flat[i]):
@@ -163,6 +165,9 @@ def _autocorr_candidates(w: np.ndarray) -> list[tuple[float, float]]:
             s = length / (PERIOD * mult)
             if 0.3 <= s <= 3.0:
                 out.append((s, a))
+        # image content can outshine the lattice's own peaks; its angle is
+        # usually still right, and most exports keep the scale
+        out.append((1.0, (ang + 45.0) % 90.0 - 45.0))
     return out
 
 
