@@ -321,7 +321,7 @@ def _apply_robust(
     each plane's undo information and the message (hex)."""
     try:
         from dicom_wm import robust
-    except ImportError as exc:  # optional layer (torch or its model missing)
+    except ImportError as exc:  # a deployment without the robust subpackage
         raise UnsupportedInput(f"the robust layer is not available: {exc}") from None
     message = robust.message_for(ruuid, recipient)
     marked = np.empty_like(planes)

@@ -113,7 +113,10 @@ def test_oversized_undo_information_is_a_capacity_error(stand_in):
 
 
 def test_robust_layer_missing_is_a_clear_error(monkeypatch):
+    import dicom_wm
+
     monkeypatch.setitem(sys.modules, "dicom_wm.robust", None)  # import fails
+    monkeypatch.delattr(dicom_wm, "robust", raising=False)  # ...also when already imported
     ds = pydicom.dcmread(pydicom_data_files() / "693_UNCR.dcm")
     from dicom_wm.errors import UnsupportedInput
 
