@@ -362,7 +362,7 @@ def results_table(res: Results, attacks: tuple[Attack, ...], methods: tuple[str,
         rate = ours.exact / ours.n if ours.n else float("nan")
         yes_no = lambda ok: "yes" if ok else "**no**"  # noqa: E731
         meets = f"{yes_no(rate >= 0.99)} / {yes_no(lower95(ours.exact, ours.n) >= 0.99)}" if a.target else ""
-        others = [_pooled(res, m, a.name) for m in methods if m != OURS]
+        others = [o for o in (_pooled(res, m, a.name) for m in methods if m != OURS) if o.n]
         ahead = "" if not others else ("yes" if all(ours.n and o.n and rate > o.exact / o.n for o in others) else (
             "tie" if all(ours.n and o.n and rate >= o.exact / o.n for o in others) else "**no**"))
         lines.append(f"| {a.name} | {'≥ 99 %' if a.target else ''} | " + " | ".join(cells) + f" | {meets} | {ahead} |")
@@ -458,6 +458,7 @@ def main() -> None:
         break
     run_false_positives(images, fp_trials, args.seed, res, deadline + 0.25 * args.budget_s)
     elapsed = time.monotonic() - start
+    methods = tuple(m for m in methods if res.trials[m])  # e.g. rivaGan with --rivagan-trials 0
 
     cmd = "python bench/bench_robust.py " + shlex.join(sys.argv[1:])
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
