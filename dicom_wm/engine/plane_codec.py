@@ -92,8 +92,8 @@ STANDARD = WalkMode()
 def lattice_walk(
     view: np.ndarray, predictor: Predictor, lattice_pass: int, lo: int, hi: int, mode: WalkMode = STANDARD
 ) -> WalkOrder:
-    p = view[None]
-    walk = walk_order(predictor.predict(p)[0], predictor.complexity(p)[0], lo, hi, mode.protect(view))
+    pred, cost = predictor.predict_and_complexity(view[None])
+    walk = walk_order(pred[0], cost[0], lo, hi, mode.protect(view))
     if lattice_pass == 1:  # the mirrored column is not a real position
         keep = (walk.index % view.shape[1]) != 0
         walk = WalkOrder(walk.index[keep], walk.pred[keep])

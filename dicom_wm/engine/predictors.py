@@ -6,8 +6,10 @@ must not look at A samples: extraction sees the B lattice exactly as embedding
 did, and the prediction is reproduced bit for bit.
 
 A predictor is a small object with the same tiny contract as pydicom's pixel
-backends: ``name``, ``version``, ``model_sha256`` and ``predict``; the engine
-also asks it for ``complexity`` (lower = smoother = embedded first).
+backends: ``name``, ``version``, ``model_sha256`` and
+``predict_and_complexity`` (the prediction, and the local activity that
+orders the walk: lower = smoother = embedded first), in one call so a
+predictor computes what the two share once.
 """
 
 from __future__ import annotations
@@ -25,16 +27,13 @@ class Predictor(Protocol):
     version: str
     model_sha256: str | None
 
-    def predict(self, planes: np.ndarray) -> np.ndarray:
-        """Predict every sample of ``planes`` (int64, shape (n, rows, cols)).
+    def predict_and_complexity(self, planes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Prediction and local activity of every sample of ``planes`` (int64,
+        shape (n, rows, cols)); both int64 of the same shape.
 
         Only A-lattice outputs are used, and they may depend on B-lattice
-        inputs only. Returns int64 of the same shape.
+        inputs only. Activity is non-negative; smooth regions get low values.
         """
-
-    def complexity(self, planes: np.ndarray) -> np.ndarray:
-        """Local activity per sample from B-lattice inputs only (int64,
-        non-negative, same shape); smooth regions get low values."""
 
 
 def a_lattice_mask(rows: int, cols: int) -> np.ndarray:
@@ -71,10 +70,14 @@ class ClassicRhombus:
     version = "1"
     model_sha256: str | None = None
 
-    def predict(self, planes: np.ndarray) -> np.ndarray:
+    def predict_and_complexity(self, planes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n, s, w, e = neighbours(_narrow(planes))
-        return ((n + s + w + e + 2) >> 2).astype(np.int64)
+        pred = ((n + s + w + e + 2) >> 2).astype(np.int64)
+        cost = (np.abs(n - w) + np.abs(w - s) + np.abs(s - e) + np.abs(e - n)).astype(np.int64)
+        return pred, cost
+
+    def predict(self, planes: np.ndarray) -> np.ndarray:
+        return self.predict_and_complexity(planes)[0]
 
     def complexity(self, planes: np.ndarray) -> np.ndarray:
-        n, s, w, e = neighbours(_narrow(planes))
-        return (np.abs(n - w) + np.abs(w - s) + np.abs(s - e) + np.abs(e - n)).astype(np.int64)
+        return self.predict_and_complexity(planes)[1]

@@ -66,3 +66,6 @@ class Linear1D:
         p = self._padded(planes, 3)
         ww, w, e, ee = p[..., :-6], p[..., 2:-4], p[..., 4:-2], p[..., 6:]
         return (np.abs(w - e) + np.abs(ww - w) + np.abs(e - ee)) >> 3
+
+    def predict_and_complexity(self, planes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.predict(planes), self.complexity(planes)
