@@ -15,7 +15,7 @@ import hashlib
 import math
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -42,7 +42,7 @@ from dicom_wm.payload.mac import (
     tile_digests,
     tile_grid,
 )
-from dicom_wm.pixels import read_samples, write_samples
+from dicom_wm.pixels import PixelPlanes, read_samples, write_samples
 
 __all__ = [
     "EmbedOptions",
@@ -357,7 +357,7 @@ _CONTRIBUTING_EQUIPMENT = 0x0018A001
 
 
 def _writable_copy(ds: Dataset) -> Dataset:
-    """A copy of ``ds`` that embedding may modify without touching ``ds``.
+    """A copy of ``ds`` that embed or restore may modify without touching ``ds``.
 
     A full deepcopy costs more than the whole watermark on a CT slice, so
     only the elements we write are copied. Big-endian sources are converted
@@ -420,8 +420,9 @@ def _verify(
     *,
     reembed: bool = True,
     predictor_hint: Predictor | None = None,
-) -> tuple[VerifyResult, np.ndarray | None]:
-    """Verify; also return the restored samples when they can be computed."""
+) -> tuple[VerifyResult, PixelPlanes | None]:
+    """Verify; also return the restored samples (with how the stored ones
+    were decoded) when they can be computed."""
     try:
         px = read_samples(ds)
         header = read_watermark_header(ds)
@@ -515,14 +516,14 @@ def _verify(
         problems = [f"{len(tampered)} tile(s) do not match their MAC"] if tampered else []
         problems += [f"frames {kind}: {idx}" for kind, idx in frames.items() if idx and kind != "modified"]
         result.error = "; ".join(problems)
-        return result, restored
+        return result, replace(px, samples=restored)
     ordered = [d for f in range(ref.n_frames) for c in range(ch_count) for d in digests[(f, c)]]
     if instance_mac(secret, identity_bytes(ds), ref.record_uuid, ordered) != ref.instance_mac:
         result.status = VerifyStatus.INVALID
         result.error = "instance MAC mismatch: identifying attributes changed (not localisable to tiles)"
-        return result, restored
+        return result, replace(px, samples=restored)
     result.original_sample_sha256 = hashlib.sha256(canonical_samples(restored, dtype)).hexdigest()
-    return result, restored
+    return result, replace(px, samples=restored)
 
 
 def _frame_origins(readings: list[PlaneReading], f_count: int, ch_count: int) -> list[int | None]:
@@ -627,9 +628,9 @@ def restore_dataset(ds: Dataset, keys: KeyStore, *, force: bool = False) -> Rest
         raise NotAuthentic(f"instance is {result.status.value} ({detail}); refusing to restore without force")
     if restored is None:
         raise NotAuthentic(f"instance is {result.status.value}: nothing can be restored")
-    px = read_samples(ds)
-    out = copy.deepcopy(ds)
-    write_samples(out, restored, px)
+    px = restored
+    out = _writable_copy(ds)
+    write_samples(out, restored.samples, px)
     remove_watermark_header(out)
     # The restored pixel data is native, so it keeps the photometric
     # interpretation it was decoded to (YBR_FULL_422 comes back as YBR_FULL,
