@@ -502,7 +502,9 @@ def _verify(
     result.payload_bits = payload_bits
     if not tampered and reembed:
         for p, reading in enumerate(readings):
-            expected_plane = reembed_plane(carrier_planes[p], reading.blocks, predictor, secret, px.lo, px.hi, mode)
+            expected_plane = reembed_plane(
+                carrier_planes[p], reading.blocks, predictor, secret, px.lo, px.hi, mode, walk_a=walks[p]
+            )
             diff = expected_plane != planes[p]
             if diff.any():
                 tampered |= _plane_tiles(p // ch_count, rows, cols, diff)

@@ -329,14 +329,21 @@ def reembed_plane(
     lo: int,
     hi: int,
     mode: WalkMode = STANDARD,
+    walk_a: WalkOrder | None = None,
 ) -> np.ndarray:
     """Embed the decoded blocks into the restored plane again. Where the
     result differs from the received plane, the received plane was edited
-    (this catches edits that restore to the same original)."""
+    (this catches edits that restore to the same original).
+
+    ``walk_a``: the reader's A walk, reused for a single-pass plane (its B
+    lattice was never changed, so the walk is the same)."""
     out = restored
     for block in sorted(blocks, key=lambda b: b.lattice_pass):
         view = lattice_view(out, block.lattice_pass)
-        walk = lattice_walk(view, predictor, block.lattice_pass, lo, hi, mode)
+        if walk_a is not None and block.passes == 1:
+            walk = walk_a
+        else:
+            walk = lattice_walk(view, predictor, block.lattice_pass, lo, hi, mode)
         flat = view.reshape(-1)
         raw = encode_block(block, secret)
         carriers = carrier_mask(flat[walk.index[: block.n_used]] - walk.pred[: block.n_used])
