@@ -177,7 +177,10 @@ def embed_dataset(
         from dicom_wm.waveform import embed_waveform, is_waveform  # imports this module
 
         if is_waveform(ds):
-            return embed_waveform(ds, keys, record_uuid=record_uuid, max_copies=options.max_copies)
+            return embed_waveform(
+                ds, keys, record_uuid=record_uuid, max_copies=options.max_copies,
+                robust=options.robust, recipient=options.recipient,
+            )
     timings: dict[str, float] = {}
     t = time.perf_counter()
     if read_watermark_header(ds) is not None:

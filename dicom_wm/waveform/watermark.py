@@ -17,6 +17,17 @@ works on ``stored >> k`` and keeps the low k bits. The block's channel
 field (the plane is a whole group, so it names no channel) carries k;
 readers try k = 0..4 and accept a block only at the step it names.
 
+Robust layer (audio SOP classes only): with ``robust=True`` every channel
+first gets the audio leak-tracing mark (:mod:`dicom_wm.robust.audio`,
+docs/audio-robust.md) on its stored samples (code ranks for µ-law / A-law);
+the reversible layer then carries the marked samples, and each group's
+blocks carry the channels' :class:`~dicom_wm.robust.audio.AudioMark` bytes
+(walk flag WALK_ROBUST), so verify and restore undo the mark exactly after
+the reversible layer. Other waveforms (ECG, hemodynamic ...) ignore the
+option: a leak-tracing mark on a diagnostic trace is not wanted, and a
+pipeline-wide ``--robust`` must not fail them; ``robust_message`` is then
+None.
+
 Spec: docs/format.md, section "Waveforms".
 """
 
@@ -34,15 +45,24 @@ from pydicom.dataset import Dataset
 
 from dicom_wm.engine.histogram_shift import WalkOrder, carrier_mask
 from dicom_wm.engine.plane_codec import PlaneReading, embed_plane, lattice_walk, read_plane, reembed_plane
-from dicom_wm.errors import NotAuthentic, SelfCheckFailed, UnsupportedInput
+from dicom_wm.errors import InsufficientCapacity, NotAuthentic, SelfCheckFailed, UnsupportedInput
 from dicom_wm.header import WatermarkHeader, apply_watermark_header, read_watermark_header, remove_watermark_header
 from dicom_wm.keys import KeyStore
-from dicom_wm.payload.block import FORMAT_VERSION, PlaneBlock
+from dicom_wm.payload.block import FORMAT_VERSION, WALK_ROBUST, PlaneBlock
 from dicom_wm.payload.mac import instance_mac
 from dicom_wm.pixels.reader import transfer_syntax
 from dicom_wm.waveform.mac import CANONICAL_DTYPE, group_digests, waveform_identity, windows
 from dicom_wm.waveform.predictor import Linear1D
-from dicom_wm.waveform.samples import WaveformGroup, read_groups, tile_units, to_domain, write_group
+from dicom_wm.waveform.companding import RANK_TO_ALAW, RANK_TO_ULAW, alaw_decode, ulaw_decode
+from dicom_wm.waveform.samples import (
+    SampleInterpretation,
+    WaveformGroup,
+    from_domain,
+    read_groups,
+    tile_units,
+    to_domain,
+    write_group,
+)
 from dicom_wm.watermark import (
     EmbedResult,
     RestoreResult,
@@ -101,13 +121,14 @@ def step_candidates(group: WaveformGroup) -> list[int]:
     return list(range(0, max(0, min(MAX_STEP_BITS, group.bits_stored - 4)) + 1))
 
 
-def auto_step(ds: Dataset, group: WaveformGroup) -> int:
+def auto_step(ds: Dataset, group: WaveformGroup, extra_bits: int = 0) -> int:
     """0, except for 16-bit linear audio: the smallest step whose A-lattice
-    walk carries AUDIO_TARGET_BPS per channel (the largest if none does)."""
+    walk carries AUDIO_TARGET_BPS per channel, plus ``extra_bits`` per
+    payload copy (the robust layer's marks), (the largest if none does)."""
     steps = step_candidates(group)
     if str(ds.get("SOPClassUID", "")) not in AUDIO_SOP_CLASSES or len(steps) == 1 or not group.sampling_frequency:
         return 0
-    need = AUDIO_TARGET_BPS * group.n_samples / group.sampling_frequency * group.n_channels
+    need = AUDIO_TARGET_BPS * group.n_samples / group.sampling_frequency * group.n_channels + extra_bits
     for k in steps:
         g = group.with_step(k)
         walk = _walk(g)
@@ -140,6 +161,50 @@ def _distortion(before: list[WaveformGroup], after: list[WaveformGroup]) -> tupl
     return (math.inf if err == 0 else 10 * math.log10(weight / err)), max_abs
 
 
+def _rank_table(interp: SampleInterpretation) -> np.ndarray | None:
+    """Linear amplitude of each code rank (µ-law / A-law), else None."""
+    if interp is SampleInterpretation.MB:
+        return ulaw_decode(RANK_TO_ULAW)
+    if interp is SampleInterpretation.AB:
+        return alaw_decode(RANK_TO_ALAW)
+    return None
+
+
+def _mark_group(g: WaveformGroup, message: bytes, secret: bytes) -> tuple[WaveformGroup, bytes]:
+    """The group (step 0) with the audio robust mark on every channel, and
+    the marks' bytes for its blocks."""
+    from dicom_wm.robust.audio import embed_audio_robust, pack_marks
+
+    marked = np.empty_like(g.domain)
+    marks = []
+    for c in range(g.n_channels):
+        marked[c], mark = embed_audio_robust(
+            g.domain[c], g.lo, g.hi, message, secret, sample_rate=g.sampling_frequency,
+            linear=_rank_table(g.interpretation), frozen=g.frozen,
+        )
+        marks.append(mark)
+    return replace(g, stored=from_domain(marked, g.interpretation)), pack_marks(marks)
+
+
+def _unmark_group(g: WaveformGroup, stored: np.ndarray, blocks: list[PlaneBlock], secret: bytes) -> np.ndarray | None:
+    """The stored samples under the robust mark of ``blocks`` (``stored`` as
+    is when they carry none; None when the mark bytes do not fit: an edit)."""
+    data = next((b.robust_mark for b in blocks if b.walk_flags & WALK_ROBUST), None)
+    if data is None:
+        return stored
+    from dicom_wm.robust.audio import undo_audio_robust, unpack_marks
+
+    try:
+        marks = unpack_marks(data)
+        g0 = replace(g, stored=stored, step_bits=0)
+        if len(marks) != g0.n_channels:
+            return None
+        domain = np.stack([undo_audio_robust(g0.domain[c], g0.lo, g0.hi, m, secret, frozen=g0.frozen) for c, m in enumerate(marks)])
+        return from_domain(domain, g.interpretation)
+    except ValueError:
+        return None
+
+
 def embed_waveform(
     ds: Dataset,
     keys: KeyStore,
@@ -147,6 +212,8 @@ def embed_waveform(
     record_uuid: uuid.UUID | None = None,
     max_copies: int = MAX_COPIES,
     step_bits: int | None = None,
+    robust: bool = False,
+    recipient: str | None = None,
 ) -> EmbedResult:
     """Watermark the Waveform Data of ``ds`` (``ds`` is not modified).
 
@@ -168,13 +235,19 @@ def embed_waveform(
     step_bits : int, optional
         Step 2**step_bits for every 16-bit linear group (0..4); by default
         0, or the automatic audio step.
+    robust : bool
+        Audio SOP classes: add the robust leak-tracing layer first (module
+        docstring); ignored for other waveforms.
+    recipient : str, optional
+        AE title the robust message names (fingerprinted copies).
 
     Returns
     -------
     EmbedResult
         ``psnr_db`` and ``max_abs_delta`` are on stored values (code ranks
-        for µ-law / A-law); ``original_sample_sha256`` is
-        :func:`stored_sample_sha256` of the original.
+        for µ-law / A-law), robust layer included; ``original_sample_sha256``
+        is :func:`stored_sample_sha256` of the original; ``robust_message``
+        the robust message (hex) when the layer was added.
 
     Raises
     ------
@@ -189,25 +262,45 @@ def embed_waveform(
     originals = read_groups(ds)
     if step_bits is not None and not 0 <= step_bits <= MAX_STEP_BITS:
         raise ValueError(f"step_bits {step_bits} must be in 0..{MAX_STEP_BITS}")
-    groups: list[WaveformGroup] = []
     for g in originals:
         if g.hi - g.lo < 5:
             raise UnsupportedInput(f"Waveform Sequence item {g.index + 1}: sample range too small to watermark")
+    timings["decode"] = time.perf_counter() - t
+    key_id = keys.active_id
+    secret = keys.secret(key_id)
+    ruuid = record_uuid or uuid.uuid4()
+    robust = robust and str(ds.get("SOPClassUID", "")) in AUDIO_SOP_CLASSES
+    carriers, marks, robust_message = originals, [b""] * len(originals), None
+    if robust:
+        from dicom_wm.robust import message_for
+
+        t = time.perf_counter()
+        message = message_for(ruuid, recipient)
+        carriers, marks = [], []
+        for g in originals:
+            marked, mark = _mark_group(g, message, secret)
+            carriers.append(marked)
+            marks.append(mark)
+            if len(mark) > 0xFFFF:
+                raise InsufficientCapacity(
+                    f"insufficient capacity: undoing the robust layer on group {g.index + 1} needs {len(mark)} bytes"
+                )
+        robust_message = message.hex()
+        timings["robust"] = time.perf_counter() - t
+    t = time.perf_counter()
+    groups: list[WaveformGroup] = []
+    for g, mark in zip(carriers, marks):
         if step_bits is None:
-            k = auto_step(ds, g)
+            k = auto_step(ds, g, 8 * len(mark))
         elif step_bits in step_candidates(g):
             k = step_bits
         else:
             k = 0
         groups.append(g.with_step(k))
-    timings["decode"] = time.perf_counter() - t
-    key_id = keys.active_id
-    secret = keys.secret(key_id)
-    ruuid = record_uuid or uuid.uuid4()
 
-    t = time.perf_counter()
     tiles = [tile_units(g.sampling_frequency) for g in groups]
-    digests = [group_digests(secret, ruuid, g, g.stored, tile) for g, tile in zip(groups, tiles)]
+    # the MACs cover the original samples (under the robust mark, if any)
+    digests = [group_digests(secret, ruuid, g, o.stored, tile) for g, o, tile in zip(groups, originals, tiles)]
     identity = waveform_identity(ds, _steps_of(groups))
     imac = instance_mac(secret, identity, ruuid, [d for group in digests for d in group])
     walks = [_walk(g) for g in groups]
@@ -216,12 +309,12 @@ def embed_waveform(
     t = time.perf_counter()
     out_domain: list[np.ndarray] = []
     payload_bits = capacity_bits = 0
-    for g, walk, tile, group_macs in zip(groups, walks, tiles, digests):
+    for g, walk, tile, group_macs, mark in zip(groups, walks, tiles, digests, marks):
         template = PlaneBlock(
             frame=g.index, channel=g.step_bits, n_frames=len(groups), n_channels=g.n_channels, lattice_pass=0, passes=1,
-            walk_flags=0, copies=1, key_id=key_id, record_uuid=ruuid, instance_mac=imac, predictor_code=PREDICTOR_CODE,
+            walk_flags=WALK_ROBUST if robust else 0, copies=1, key_id=key_id, record_uuid=ruuid, instance_mac=imac, predictor_code=PREDICTOR_CODE,
             model_sha256_prefix=bytes(16), n_used=0, moved_flags=np.zeros(0, bool), tile=tile, tile_mac_len=4,
-            first_tile=0, tile_macs=b"",
+            first_tile=0, tile_macs=b"", robust_mark=mark,
         )
         emb = embed_plane(
             g.domain, walk, Linear1D(g.frozen), template, group_macs, secret, g.lo, g.hi, max_copies,
@@ -253,19 +346,19 @@ def embed_waveform(
     if (
         check.status is not VerifyStatus.AUTHENTIC
         or restored is None
-        or any(not np.array_equal(r, g.stored) for r, g in zip(restored, groups))
+        or any(not np.array_equal(r, g.stored) for r, g in zip(restored, originals))
     ):
         raise SelfCheckFailed(
             f"self-check failed ({check.status.value}{': ' + check.error if check.error else ''}); nothing was written"
         )
     timings["self_check"] = time.perf_counter() - t
 
-    psnr, max_abs = _distortion(groups, [replace(g, stored=g.to_stored(d)) for g, d in zip(groups, out_domain)])
+    psnr, max_abs = _distortion(originals, [replace(o, stored=g.to_stored(d)) for o, g, d in zip(originals, groups, out_domain)])
     return EmbedResult(
         dataset=out, record_uuid=str(ruuid), key_id=key_id, payload_bits=payload_bits,
         capacity_bits=capacity_bits, psnr_db=psnr, max_abs_delta=max_abs, lossy_source=False,
-        original_sample_sha256=stored_sample_sha256([g.stored for g in groups]), predictor=Linear1D.name,
-        model_sha256=None, timings=timings,
+        original_sample_sha256=stored_sample_sha256([g.stored for g in originals]), predictor=Linear1D.name,
+        model_sha256=None, timings=timings, robust_message=robust_message,
     )
 
 
@@ -340,7 +433,8 @@ def _verify(
     consistent = ref.n_frames == len(groups) and all(
         (b.record_uuid, b.key_id, b.instance_mac, b.n_frames) == (ref.record_uuid, ref.key_id, ref.instance_mac, ref.n_frames)
         and b.predictor_code == PREDICTOR_CODE
-        and b.walk_flags == 0
+        and b.walk_flags == ref.walk_flags
+        and b.walk_flags in (0, WALK_ROBUST)
         and b.tile >= 1
         for b in found
     )
@@ -365,7 +459,11 @@ def _verify(
             continue
         tile = reading.blocks[0].tile
         payload_bits += sum(8 * b.encoded_length() * b.copies for b in reading.blocks)
-        restored[i] = g.to_stored(reading.restored)
+        original = _unmark_group(g, g.to_stored(reading.restored), reading.blocks, secret)
+        if original is None:
+            tampered |= _whole_group(g)
+            continue
+        restored[i] = original
         expected = group_digests(secret, ref.record_uuid, g, restored[i], tile)
         all_digests.extend(expected)
         carried: dict[int, bytes] = {}
