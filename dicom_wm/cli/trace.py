@@ -1,10 +1,16 @@
 """``dicom-wm trace IMAGE``: read the robust leak-tracing mark of a DICOM file
-or of an exported PNG/JPEG/TIFF, and name the record (and recipient) it
-points to when a provenance database is at hand."""
+(every frame of a multi-frame one), of an exported PNG/JPEG/TIFF/GIF (every
+page of a multi-page TIFF or animated GIF), or of a directory of exported
+frames, and name the record (and recipient) it points to when a provenance
+database is at hand.
+
+:func:`decoder_for` is the one place that knows input kinds: it reads the
+input once and returns the decoder that is then tried with every key."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,25 +20,35 @@ import typer
 from dicom_wm.cli.common import EXIT_FAILED, EXIT_OK, DataDirOpt, JsonOpt, KeysOpt, fail, load_keystore, out_console
 from dicom_wm.keys import default_data_dir
 from dicom_wm.robust import decode_robust, parse_message, recipient_tag, record_prefix
+from dicom_wm.robust.frames import FrameStack, decode_frames_detail
 
-__all__ = ["register", "trace", "load_image"]
+__all__ = ["register", "trace", "load_image", "load_frames", "decoder_for", "Decoder"]
 
-_EXPORT_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
+_EXPORT_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif"}
+_DICOM_SUFFIXES = {".dcm", ".dicom"}
+
+# A decoder takes a key's secret and gives the message (or None) and extra
+# fields for the report.
+Decoder = Callable[[bytes], tuple[bytes | None, dict[str, Any]]]
 
 
-def load_image(path: Path) -> np.ndarray:
-    """A 2-D (or rows x cols x 3) array: frame 0 of a DICOM file (luminance
-    when it has colour), or the pixels of an image export."""
-    if path.suffix.lower() in _EXPORT_SUFFIXES:
-        from PIL import Image, UnidentifiedImageError
+def _export_frames(path: Path) -> list[np.ndarray]:
+    """Every page (multi-page TIFF, animated GIF/WebP) of an image export."""
+    from PIL import Image, ImageSequence, UnidentifiedImageError
 
-        try:
-            with Image.open(path) as im:
-                if im.mode in ("P", "PA", "LA", "RGBA", "CMYK", "YCbCr"):
-                    im = im.convert("RGB")
-                return np.asarray(im)
-        except (UnidentifiedImageError, OSError) as exc:
-            raise ValueError(f"{path}: cannot read image: {exc}") from None
+    try:
+        with Image.open(path) as im:
+            out = []
+            for page in ImageSequence.Iterator(im):
+                if page.mode in ("P", "PA", "LA", "RGBA", "CMYK", "YCbCr"):
+                    page = page.convert("RGB")
+                out.append(np.asarray(page))
+            return out
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ValueError(f"{path}: cannot read image: {exc}") from None
+
+
+def _dicom_frames(path: Path) -> list[np.ndarray]:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -43,8 +59,61 @@ def load_image(path: Path) -> np.ndarray:
         planes = read_samples(pydicom.dcmread(path))
     except (InvalidDicomError, UnsupportedInput, OSError) as exc:
         raise ValueError(f"{path}: {exc}") from None
-    frame = planes.samples[0]
-    return frame[:, :, 0] if frame.shape[-1] == 1 else frame
+    return [f[:, :, 0] if f.shape[-1] == 1 else f for f in planes.samples]
+
+
+def load_frames(path: Path) -> list[np.ndarray]:
+    """Every frame ``path`` holds, each 2-D (or rows x cols x 3): all frames of
+    a DICOM file, all pages of a multi-page TIFF / animated GIF, or -- for a
+    directory -- those of every image export and DICOM file in it, in sorted
+    name order (the robust decoders do not depend on the order)."""
+    if path.is_dir():
+        files = sorted(
+            p for p in path.iterdir() if p.is_file() and p.suffix.lower() in _EXPORT_SUFFIXES | _DICOM_SUFFIXES
+        )
+        if not files:
+            raise ValueError(f"{path}: no image or DICOM files in the directory")
+        return [f for p in files for f in load_frames(p)]
+    if path.suffix.lower() in _EXPORT_SUFFIXES:
+        return _export_frames(path)
+    return _dicom_frames(path)
+
+
+def load_image(path: Path) -> np.ndarray:
+    """A 2-D (or rows x cols x 3) array: frame 0 of a DICOM file (luminance
+    when it has colour), or the pixels of an image export."""
+    return load_frames(path)[0]
+
+
+def decoder_for(path: Path) -> Decoder:
+    """Read ``path`` once and pick the robust decoder for what it holds.
+
+    One frame goes to the single-image decoder (with its geometry search);
+    several (multi-frame DICOM, multi-page TIFF, animated GIF, a directory of
+    frames) to :func:`~dicom_wm.robust.frames.decode_frames_detail`, which
+    sums them. This is the seam for other kinds of input: a decoder for
+    audio (.wav, DICOM waveforms) is picked here, before the images are read.
+
+    Raises
+    ------
+    ValueError
+        When ``path`` cannot be read.
+    """
+    frames = load_frames(path)
+    if len(frames) == 1:
+        return lambda secret: (decode_robust(frames[0], secret), {})
+
+    stack = FrameStack(frames)  # whitened once, decoded under every key
+
+    def decode(secret: bytes) -> tuple[bytes | None, dict[str, Any]]:
+        found = decode_frames_detail(stack, secret)
+        extra: dict[str, Any] = {"frames": len(frames)}
+        if found is None:
+            return None, extra
+        extra["frames_carrying"] = list(found.frames)
+        return found.message, extra
+
+    return decode
 
 
 def _db_url(db: str | None, data_dir: Path | None) -> str | None:
@@ -85,7 +154,14 @@ def _lookup(url: str, message: bytes) -> dict[str, Any]:
 
 
 def trace(
-    image: Annotated[Path, typer.Argument(help="a DICOM file or a PNG/JPEG/TIFF export", exists=True, dir_okay=False)],
+    image: Annotated[
+        Path,
+        typer.Argument(
+            help="a DICOM file (every frame is used), a PNG/JPEG/TIFF/GIF export (every page), "
+            "or a directory of exported frames",
+            exists=True,
+        ),
+    ],
     json_out: JsonOpt = False,
     keys: KeysOpt = None,
     data_dir: DataDirOpt = None,
@@ -95,19 +171,23 @@ def trace(
     ] = None,
 ) -> None:
     """Decode the robust (leak-tracing) mark of IMAGE with every key of the
-    key store; name the record and recipient it points to."""
+    key store; name the record and recipient it points to. The frames of a
+    cine or volume (multi-frame DICOM, multi-page TIFF, animated GIF, a
+    directory of exported frames, in any order) are decoded together."""
     store = load_keystore(keys, data_dir)
     try:
-        pixels = load_image(image)
+        decode = decoder_for(image)
     except ValueError as exc:
         fail(str(exc), EXIT_FAILED)
     message = key_id = None
+    extra: dict[str, Any] = {}
     for kid in store.ids():
-        message = decode_robust(pixels, store.secret(kid))
+        message, extra = decode(store.secret(kid))
         if message is not None:
             key_id = kid
             break
     result: dict[str, Any] = {"file": str(image), "message": message.hex() if message else None, "key_id": key_id}
+    result.update(extra)
     if message is not None:
         tag, who = parse_message(message)
         result["record_tag"] = record_prefix(tag)
@@ -126,6 +206,12 @@ def trace(
         out_console.print(f"message: {result['message'] or 'null'}", markup=False)
         if message is not None:
             out_console.print(f"record: {result['record_tag']}… (key {key_id})", markup=False)
+            if result.get("frames_carrying"):
+                out_console.print(
+                    f"frames: {len(result['frames_carrying'])} of {result['frames']} carry it", markup=False
+                )
+            elif "frames" in result:
+                out_console.print(f"frames: {result['frames']} (found on their average)", markup=False)
             if result["recipient_tag"]:
                 out_console.print(f"recipient tag: {result['recipient_tag']}", markup=False)
             for rec in result.get("records", []):
