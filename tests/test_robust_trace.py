@@ -85,3 +85,35 @@ def test_unmarked_dicom_file_traces_to_null(tmp_path: Path) -> None:
     )
     assert result.exit_code == 1, result.output
     assert json.loads(result.stdout) == {"file": str(dcm), "message": None, "key_id": None}
+
+
+def test_trace_audio_wav_and_dicom_waveform(tmp_path: Path) -> None:
+    """A WAV file and a DICOM waveform object go to the audio layer."""
+    import wave
+
+    from dicom_wm.waveform import linear_samples
+    from dicom_wm.watermark import EmbedOptions, embed_dataset
+    from waveform_support import speech_like, voice_dataset
+
+    store = KeyStore.init(tmp_path / "keys.json")
+    record = uuid.uuid4()
+    ds = voice_dataset(speech_like(5.0, seed=7), "MB")
+    wm = embed_dataset(ds, store, record_uuid=record, options=EmbedOptions(robust=True, recipient="LEAKY_VIEWER")).dataset
+    wm.save_as(tmp_path / "marked.dcm", enforce_file_format=True)
+    ds.save_as(tmp_path / "plain.dcm", enforce_file_format=True)
+    lin = linear_samples(wm)[0][0]
+    with wave.open(str(tmp_path / "leak.wav"), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(np.asarray(lin, dtype="<i2").tobytes())
+
+    keys = ["--keys", str(tmp_path / "keys.json"), "--data-dir", str(tmp_path)]
+    runner = CliRunner()
+    expected = message_for(record, "LEAKY_VIEWER").hex()
+    for name in ("leak.wav", "marked.dcm"):
+        found = runner.invoke(app, ["trace", str(tmp_path / name), "--json", *keys])
+        assert found.exit_code == 0, found.output
+        assert json.loads(found.stdout)["message"] == expected
+    plain = runner.invoke(app, ["trace", str(tmp_path / "plain.dcm"), "--json", *keys])
+    assert plain.exit_code == 1 and json.loads(plain.stdout)["message"] is None

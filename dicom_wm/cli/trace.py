@@ -1,8 +1,8 @@
 """``dicom-wm trace IMAGE``: read the robust leak-tracing mark of a DICOM file
 (every frame of a multi-frame one), of an exported PNG/JPEG/TIFF/GIF (every
 page of a multi-page TIFF or animated GIF), or of a directory of exported
-frames, and name the record (and recipient) it points to when a provenance
-database is at hand.
+frames, or of audio (a WAV file, a DICOM waveform), and name the record (and
+recipient) it points to when a provenance database is at hand.
 
 :func:`decoder_for` is the one place that knows input kinds: it reads the
 input once and returns the decoder that is then tried with every key."""
@@ -26,6 +26,7 @@ __all__ = ["register", "trace", "load_image", "load_frames", "decoder_for", "Dec
 
 _EXPORT_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif"}
 _DICOM_SUFFIXES = {".dcm", ".dicom"}
+_AUDIO_SUFFIXES = {".wav"}
 
 # A decoder takes a key's secret and gives the message (or None) and extra
 # fields for the report.
@@ -85,20 +86,49 @@ def load_image(path: Path) -> np.ndarray:
     return load_frames(path)[0]
 
 
+def _is_audio(path: Path) -> bool:
+    """A WAV file, or a DICOM object with a Waveform Sequence and no Pixel Data."""
+    if path.is_dir():
+        return False
+    if path.suffix.lower() in _AUDIO_SUFFIXES:
+        return True
+    if path.suffix.lower() in _EXPORT_SUFFIXES:
+        return False
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(path, defer_size=1024)  # pixel data is not read
+    except (InvalidDicomError, OSError):
+        return False
+    return "WaveformSequence" in ds and "PixelData" not in ds
+
+
 def decoder_for(path: Path) -> Decoder:
     """Read ``path`` once and pick the robust decoder for what it holds.
 
-    One frame goes to the single-image decoder (with its geometry search);
-    several (multi-frame DICOM, multi-page TIFF, animated GIF, a directory of
-    frames) to :func:`~dicom_wm.robust.frames.decode_frames_detail`, which
-    sums them. This is the seam for other kinds of input: a decoder for
-    audio (.wav, DICOM waveforms) is picked here, before the images are read.
+    The one place that knows input kinds:
+
+    * audio -- a ``.wav`` file, or a DICOM object with a Waveform Sequence and
+      no Pixel Data -- goes to the audio layer
+      (:func:`~dicom_wm.robust.audio.load_audio` once, then
+      :func:`~dicom_wm.robust.audio.decode_audio_robust` per key: what
+      :func:`~dicom_wm.robust.audio.trace_audio` does, without re-reading);
+    * one image frame to the single-image decoder (with its geometry search);
+    * several frames (multi-frame DICOM, multi-page TIFF, animated GIF, a
+      directory of frames) to
+      :func:`~dicom_wm.robust.frames.decode_frames_detail`, which sums them.
 
     Raises
     ------
     ValueError
         When ``path`` cannot be read.
     """
+    if _is_audio(path):
+        from dicom_wm.robust.audio import decode_audio_robust, load_audio
+
+        channels, rate = load_audio(path)
+        return lambda secret: (decode_audio_robust(channels, rate, secret), {})
     frames = load_frames(path)
     if len(frames) == 1:
         return lambda secret: (decode_robust(frames[0], secret), {})
@@ -157,8 +187,8 @@ def trace(
     image: Annotated[
         Path,
         typer.Argument(
-            help="a DICOM file (every frame is used), a PNG/JPEG/TIFF/GIF export (every page), "
-            "or a directory of exported frames",
+            help="a DICOM file (every frame is used; a waveform object: its audio), a PNG/JPEG/TIFF/GIF "
+            "export (every page), a directory of exported frames, or a WAV file",
             exists=True,
         ),
     ],
