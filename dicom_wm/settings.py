@@ -27,7 +27,7 @@ from pydantic_settings import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-__all__ = ["Settings", "PoolKind", "Predictor", "load_settings", "redact_url", "CONFIG_ENV"]
+__all__ = ["Settings", "PoolKind", "Predictor", "Device", "load_settings", "redact_url", "CONFIG_ENV"]
 
 CONFIG_ENV = "DICOM_WM_CONFIG"
 SQLITE_FILE = "dicom-wm.sqlite3"
@@ -44,8 +44,22 @@ class PoolKind(str, enum.Enum):
 
 
 class Predictor(str, enum.Enum):
+    """The workers' sample predictor. ``auto``: the learned one where the
+    device resolves to a GPU, the classic one on a CPU (where the learned
+    predictor is 50-100x slower, docs/learned-predictor.md)."""
+
     CLASSIC = "classic"
     LEARNED = "learned"
+    AUTO = "auto"
+
+
+class Device(str, enum.Enum):
+    """Where the learned predictor runs: ``auto`` = CUDA when torch sees
+    one, else the CPU. Predictions are bit-identical on every device."""
+
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
 
 
 def _split_csv(value: Any) -> Any:
@@ -87,6 +101,14 @@ class Settings(BaseSettings):
     queue: str = Field("embed", description="queue serve sends new instances to")
     queues: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(KNOWN_QUEUES))
     predictor: Predictor = Predictor.CLASSIC
+    device: Device = Field(Device.AUTO, description="learned predictor: auto (CUDA when available), cpu or cuda")
+    batch_size: int = Field(
+        1, ge=1, le=1024, description="embedded pool: instances per task; >1 predicts their planes in shared "
+        "forward passes (learned predictor; the gpu queue's mode)"
+    )
+    batch_wait_ms: float = Field(
+        50.0, ge=0, le=60000, description="embedded pool: wait at most this long for a batch to fill"
+    )
     roi_lossless: bool = Field(False, description="walk the detected body last (unchanged when the rest suffices)")
     robust: bool = Field(False, description="add the robust leak-tracing layer under the reversible one")
     max_retries: int = Field(5, ge=0, description="retries of a transient failure before FAILED")

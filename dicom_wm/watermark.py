@@ -166,10 +166,15 @@ def embed_dataset(
     *,
     record_uuid: uuid.UUID | None = None,
     options: EmbedOptions | None = None,
+    engine_predictor: Predictor | None = None,
 ) -> EmbedResult:
     """Watermark ``ds`` (not modified): image pixel data, or waveform samples
     (dicom_wm.waveform). Raises UnsupportedInput, InsufficientCapacity,
-    SelfCheckFailed, KeyStoreError."""
+    SelfCheckFailed, KeyStoreError.
+
+    ``engine_predictor``: an already loaded predictor for the image path
+    (a worker's, on its device, or a ``PrecomputedPredictor`` holding a
+    batch's predictions); it replaces ``options.predictor``."""
     options = options or EmbedOptions()
     if not 1 <= options.max_copies <= 255:
         raise ValueError(f"max_copies {options.max_copies} must be in 1..255")
@@ -192,7 +197,7 @@ def embed_dataset(
         raise UnsupportedInput(f"image {rows}x{cols} is too small to watermark (needs at least 2x2)")
     if px.hi - px.lo < 5:
         raise UnsupportedInput(f"Bits Stored {px.bits_stored} is too few to watermark (needs at least 3)")
-    predictor = get_predictor(options.predictor)
+    predictor = engine_predictor if engine_predictor is not None else get_predictor(options.predictor)
     key_id = keys.active_id
     secret = keys.secret(key_id)
     ruuid = record_uuid or uuid.uuid4()

@@ -40,7 +40,21 @@ db_app = typer.Typer(help="Provenance database maintenance.", no_args_is_help=Tr
 # Engine options of the workers (embedded pool or Celery); env DICOM_WM_PREDICTOR /
 # DICOM_WM_ROI_LOSSLESS or the TOML file set them too. Recorded per instance.
 PredictorOpt = Annotated[
-    str | None, typer.Option("--predictor", help="sample predictor: classic (CPU) or learned (default classic)")
+    str | None,
+    typer.Option(
+        "--predictor",
+        help="sample predictor: classic, learned, or auto (learned on a GPU, classic on a CPU); default classic",
+    ),
+]
+DeviceOpt = Annotated[
+    str | None, typer.Option("--device", help="learned predictor's device: auto (CUDA if available), cpu or cuda")
+]
+BatchSizeOpt = Annotated[
+    int | None,
+    typer.Option("--batch-size", help="embedded pool: instances per task, predicted in shared passes (default 1)"),
+]
+BatchWaitOpt = Annotated[
+    float | None, typer.Option("--batch-wait-ms", help="embedded pool: longest wait for a batch to fill (default 50)")
 ]
 RoiOpt = Annotated[
     bool | None,
@@ -77,6 +91,19 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _check_predictor(settings: Settings) -> None:
+    """Load the configured predictor once at start, so a missing GPU or a bad
+    checkpoint stops the service instead of failing every instance."""
+    from dicom_wm.ingest.task import check_predictor
+
+    try:
+        name, device = check_predictor(settings)
+    except Exception as exc:  # noqa: BLE001 - ValueError (device), ModelIntegrityError, torch errors
+        raise _fail(f"predictor {settings.predictor.value} (device {settings.device.value}): {exc}", 2) from None
+    log.info("predictor %s on %s (setting %s, batch_size %d)", name, device, settings.predictor.value,
+             settings.batch_size)
+
+
 # -- serve -----------------------------------------------------------------------------
 
 
@@ -89,15 +116,24 @@ def serve(
     broker: BrokerOpt = None,
     workers: Annotated[int | None, typer.Option("--workers", help="embedded worker processes (default: CPU count)")] = None,
     predictor: PredictorOpt = None,
+    device: DeviceOpt = None,
+    batch_size: BatchSizeOpt = None,
+    batch_wait_ms: BatchWaitOpt = None,
     roi_lossless: RoiOpt = None,
     robust: RobustOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Run the DICOM service: Storage SCP, queue, and (without --broker) the workers."""
     settings = _settings(config, host=host, port=port, ae_title=ae_title, data_dir=data_dir, db=db,
-                         broker=broker, workers=workers, predictor=predictor, roi_lossless=roi_lossless,
+                         broker=broker, workers=workers, predictor=predictor, device=device,
+                         batch_size=batch_size, batch_wait_ms=batch_wait_ms, roi_lossless=roi_lossless,
                          robust=robust)
     _logging(settings)
+    if settings.embedded:
+        _check_predictor(settings)
+    elif settings.batch_size > 1:
+        log.warning("batch_size %d applies to the embedded pool only; Celery workers take one instance per task",
+                    settings.batch_size)
     from dicom_wm.db.engine import get_sessionmaker
     from dicom_wm.errors import KeyStoreError
     from dicom_wm.ingest.dispatch import Dispatcher, pending_instance_ids
@@ -173,16 +209,18 @@ def worker(
     queues: Annotated[str | None, typer.Option("--queues", help="queues to consume (default embed,gpu)")] = None,
     concurrency: Annotated[int | None, typer.Option("--concurrency", help="task processes (default: CPU count)")] = None,
     predictor: PredictorOpt = None,
+    device: DeviceOpt = None,
     roi_lossless: RoiOpt = None,
     robust: RobustOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Run a Celery worker (distributed mode) consuming the watermark queues."""
     settings = _settings(config, data_dir=data_dir, db=db, broker=broker, queues=queues, workers=concurrency,
-                         predictor=predictor, roi_lossless=roi_lossless, robust=robust)
+                         predictor=predictor, device=device, roi_lossless=roi_lossless, robust=robust)
     _logging(settings)
     if settings.embedded:
         raise _fail("a worker needs a broker (--broker or DICOM_WM_BROKER); without one, serve runs the workers", 2)
+    _check_predictor(settings)
     from dicom_wm.errors import KeyStoreError
     from dicom_wm.ingest.runtime import SchemaOutOfDate, ensure_keys, ensure_schema, prepare_data_dir
     from workers.app import app, configure

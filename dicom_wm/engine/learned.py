@@ -27,8 +27,10 @@ _BATCH_SAMPLES = {"cpu": 1 << 21, "cuda": 1 << 26}
 
 
 def select_device(device: str | torch.device | None = None) -> torch.device:
-    """``device`` if given, else ``cuda`` when available, else ``cpu``."""
-    if device is not None:
+    """``device`` if given, else (``None`` or ``"auto"``) ``cuda`` when
+    available, else ``cpu``. Raises ``ValueError`` for a CUDA device that
+    torch cannot see."""
+    if device is not None and str(device) != "auto":
         dev = torch.device(device)
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {device!r} requested but CUDA is not available")

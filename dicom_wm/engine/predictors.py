@@ -14,11 +14,19 @@ predictor computes what the two share once.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["Predictor", "ClassicRhombus", "a_lattice_mask", "neighbours"]
+__all__ = [
+    "Predictor",
+    "ClassicRhombus",
+    "PrecomputedPredictor",
+    "a_lattice_mask",
+    "neighbours",
+    "predict_many",
+]
 
 
 @runtime_checkable
@@ -81,3 +89,90 @@ class ClassicRhombus:
 
     def complexity(self, planes: np.ndarray) -> np.ndarray:
         return self.predict_and_complexity(planes)[1]
+
+
+def predict_many(
+    predictor: Predictor, plane_sets: Sequence[np.ndarray]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Prediction and complexity of several stacks of planes (e.g. the planes
+    of several instances) with as few predictor calls as possible.
+
+    Stacks are grouped by plane shape (rows, cols); the planes of one group
+    are concatenated and go through ``predict_and_complexity`` in one call
+    (the learned predictor splits a call into device-sized forward passes),
+    whatever their bit depths. Every predictor here computes each plane
+    independently of the others in its call, so the result for each stack is
+    identical to ``predictor.predict_and_complexity(stack)``. Returns one
+    ``(pred, cost)`` pair per stack, in order (int64, the stack's shape).
+    """
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, stack in enumerate(plane_sets):
+        if stack.ndim != 3:
+            raise ValueError(f"stack {i} has shape {stack.shape}; expected (n, rows, cols)")
+        groups.setdefault((stack.shape[1], stack.shape[2]), []).append(i)
+    out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(plane_sets)
+    for members in groups.values():
+        stacks = [np.asarray(plane_sets[i], dtype=np.int64) for i in members]
+        joined = stacks[0] if len(stacks) == 1 else np.concatenate(stacks)
+        pred, cost = predictor.predict_and_complexity(joined)
+        start = 0
+        for i, stack in zip(members, stacks):
+            end = start + len(stack)
+            out[i] = (pred[start:end], cost[start:end])
+            start = end
+    return [pair for pair in out if pair is not None]
+
+
+class PrecomputedPredictor:
+    """A predictor that answers from maps computed earlier (in a batch) for
+    exactly the planes they were computed from, and asks ``base`` for
+    anything else.
+
+    A call is served from the stored maps only when its planes are equal,
+    sample for sample, to a run of the stored planes, so a stale or
+    mismatched entry can cost speed but never correctness. Name, version and
+    model hash are ``base``'s, so provenance is unchanged. ``hits`` and
+    ``misses`` count the planes served each way.
+    """
+
+    def __init__(self, base: Predictor, planes: np.ndarray, pred: np.ndarray, cost: np.ndarray) -> None:
+        if not planes.shape == pred.shape == cost.shape or planes.ndim != 3:
+            raise ValueError(
+                f"planes {planes.shape}, predictions {pred.shape} and complexities {cost.shape} must be one (n, rows, cols) shape"
+            )
+        self.base = base
+        self.name = base.name
+        self.version = base.version
+        self.model_sha256 = base.model_sha256
+        self._planes, self._pred, self._cost = planes, pred, cost
+        self._next = 0
+        self.hits = 0
+        self.misses = 0
+
+    def __repr__(self) -> str:
+        return f"PrecomputedPredictor({self.base!r}, {len(self._planes)} plane(s))"
+
+    def predict_and_complexity(self, planes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        start = self._find(planes)
+        if start is None:
+            self.misses += len(planes)
+            return self.base.predict_and_complexity(planes)
+        n = len(planes)
+        self._next = start + n
+        self.hits += n
+        return self._pred[start : start + n].copy(), self._cost[start : start + n].copy()
+
+    def _find(self, planes: np.ndarray) -> int | None:
+        """Index of a run of stored planes equal to ``planes``: where the last
+        call ended first (embed predicts its planes in order), else any
+        start whose first row matches (cheap) and whose planes are equal."""
+        n = len(planes)
+        total = len(self._planes)
+        if not n or n > total or planes.shape[1:] != self._planes.shape[1:]:
+            return None
+        first_rows = self._planes[: total - n + 1, 0, :]
+        starts = [self._next] + np.flatnonzero((first_rows == planes[0, 0, :]).all(axis=1)).tolist()
+        for start in dict.fromkeys(starts):
+            if start + n <= total and np.array_equal(self._planes[start : start + n], planes):
+                return int(start)
+        return None

@@ -6,6 +6,12 @@ with its own database engine and key store, at a lower CPU priority so the
 association threads stay responsive), or in threads with ``pool = "thread"``.
 Transient failures are retried with exponential backoff; a pool whose process
 died (OOM, kill -9) is replaced and every non-final row is queued again.
+
+With ``batch_size > 1`` (the gpu queue's mode) submitted ids are collected
+until ``batch_size`` are waiting or the oldest has waited ``batch_wait_ms``,
+and each batch runs as one :func:`~dicom_wm.ingest.task.process_batch` task:
+one shared prediction pass on the configured device, then every instance
+finished on its own (retries, failures and results stay per instance).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from typing import Any
 
-from dicom_wm.ingest.task import Outcome, TaskResult, WorkerContext, process_instance
+from dicom_wm.ingest.task import Outcome, TaskResult, WorkerContext, process_batch, process_instance
 from dicom_wm.settings import PoolKind, Settings
 
 __all__ = ["EmbeddedPool", "retry_delay"]
@@ -46,6 +52,11 @@ def _init_child(settings_values: dict[str, Any], log_level: str) -> None:
     _child_ctx = WorkerContext(settings)
     import dicom_wm.watermark  # noqa: F401  (load the engine before the first task)
 
+    try:  # load the model (and claim the device) before the first task
+        _child_ctx.engine_predictor()
+    except Exception as exc:  # noqa: BLE001 - tasks report it per instance
+        logging.getLogger(__name__).error("cannot load the predictor: %s", exc)
+
 
 def _ready() -> int:
     """A no-op run in each new pool process (see :meth:`EmbeddedPool.warm_up`)."""
@@ -57,6 +68,12 @@ def _run_child(instance_id: int, final_attempt: bool) -> TaskResult:
     if _child_ctx is None:
         raise RuntimeError("pool process not initialised")
     return process_instance(_child_ctx, instance_id, final_attempt=final_attempt)
+
+
+def _run_child_batch(instance_ids: list[int], final_attempts: list[bool]) -> dict[int, TaskResult]:
+    if _child_ctx is None:
+        raise RuntimeError("pool process not initialised")
+    return process_batch(_child_ctx, instance_ids, final_attempts=final_attempts)
 
 
 class EmbeddedPool:
@@ -75,6 +92,8 @@ class EmbeddedPool:
         self._done = threading.Condition(self._lock)
         self._ctx = WorkerContext(settings) if settings.pool is PoolKind.THREAD else None
         self._executor = self._new_executor()
+        self._batch: list[tuple[int, int]] = []  # (id, attempt) waiting for a batch to fill
+        self._batch_timer: threading.Timer | None = None
 
     def _new_executor(self) -> Executor:
         n = self._settings.worker_count
@@ -102,6 +121,9 @@ class EmbeddedPool:
         self._on_broken = callback
 
     def submit(self, instance_id: int, attempt: int = 0) -> None:
+        if self._settings.batch_size > 1:
+            self._collect(instance_id, attempt)
+            return
         final = attempt >= self._settings.max_retries
         with self._lock:
             if self._closed:
@@ -117,6 +139,74 @@ class EmbeddedPool:
             self._finished()
             raise
         future.add_done_callback(lambda f: self._done_callback(f, instance_id, attempt, executor))
+
+    # -- batches ------------------------------------------------------------------
+
+    def _collect(self, instance_id: int, attempt: int) -> None:
+        """Add an id to the open batch; hand the batch over when it is full,
+        or ``batch_wait_ms`` after its first id arrived."""
+        full: list[tuple[int, int]] | None = None
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the worker pool is closed")
+            self._in_flight += 1
+            self._batch.append((instance_id, attempt))
+            if len(self._batch) >= self._settings.batch_size:
+                full = self._take_batch_locked()
+            elif self._batch_timer is None:
+                timer = threading.Timer(self._settings.batch_wait_ms / 1000.0, self._flush)
+                timer.daemon = True
+                self._batch_timer = timer
+                timer.start()
+        if full:
+            self._submit_batch(full)
+
+    def _take_batch_locked(self) -> list[tuple[int, int]]:
+        batch, self._batch = self._batch, []
+        if self._batch_timer is not None:
+            self._batch_timer.cancel()
+            self._batch_timer = None
+        return batch
+
+    def _flush(self) -> None:
+        with self._lock:
+            batch = [] if self._closed else self._take_batch_locked()
+        if batch:
+            self._submit_batch(batch)
+
+    def _submit_batch(self, batch: list[tuple[int, int]]) -> None:
+        ids = [i for i, _a in batch]
+        finals = [a >= self._settings.max_retries for _i, a in batch]
+        with self._lock:
+            executor = self._executor
+        try:
+            if self._ctx is not None:
+                future = executor.submit(process_batch, self._ctx, ids, final_attempts=finals)
+            else:
+                future = executor.submit(_run_child_batch, ids, finals)
+        except Exception as exc:  # closed or broken executor: the rows stay QUEUED for the reconciler
+            log.error("could not start a batch of %d instance(s): %s", len(batch), exc)
+            for _ in batch:
+                self._finished()
+            return
+        future.add_done_callback(lambda f: self._batch_done(f, batch, executor))
+
+    def _batch_done(self, future: Future[dict[int, TaskResult]], batch: list[tuple[int, int]], executor: Executor) -> None:
+        try:
+            results = future.result()
+        except BrokenProcessPool:
+            self._replace(executor)
+            results = None
+        except Exception:
+            log.exception("batch of %d instance(s): task raised", len(batch))
+            results = None
+        for instance_id, attempt in batch:
+            try:
+                if results is not None and instance_id in results:
+                    self._quick_restarts = 0
+                    self._maybe_retry(results[instance_id], instance_id, attempt)
+            finally:
+                self._finished()
 
     def _finished(self) -> None:
         with self._lock:
@@ -134,17 +224,20 @@ class EmbeddedPool:
                 log.exception("instance %d: task raised", instance_id)
                 return
             self._quick_restarts = 0
-            if result.outcome is Outcome.RETRY and attempt < self._settings.max_retries:
-                delay = retry_delay(self._settings, attempt)
-                timer = threading.Timer(delay, self._retry, (instance_id, attempt + 1))
-                timer.daemon = True
-                with self._lock:
-                    if self._closed:
-                        return
-                    self._timers.add(timer)
-                timer.start()
+            self._maybe_retry(result, instance_id, attempt)
         finally:
             self._finished()
+
+    def _maybe_retry(self, result: TaskResult, instance_id: int, attempt: int) -> None:
+        if result.outcome is Outcome.RETRY and attempt < self._settings.max_retries:
+            delay = retry_delay(self._settings, attempt)
+            timer = threading.Timer(delay, self._retry, (instance_id, attempt + 1))
+            timer.daemon = True
+            with self._lock:
+                if self._closed:
+                    return
+                self._timers.add(timer)
+            timer.start()
 
     def _retry(self, instance_id: int, attempt: int) -> None:
         with self._lock:
@@ -179,6 +272,9 @@ class EmbeddedPool:
             self._closed = True
             timers = list(self._timers)
             executor = self._executor
+            unsent = self._take_batch_locked()  # still QUEUED in the database: re-queued on the next start
+        for _ in unsent:
+            self._finished()
         for timer in timers:
             timer.cancel()
         executor.shutdown(wait=wait, cancel_futures=not wait)

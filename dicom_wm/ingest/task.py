@@ -14,6 +14,10 @@ an id (never an ORM object), re-reads the row, and is idempotent:
    worker host, plus the event. A superseded attempt deletes its file;
 6. the spool copy is removed.
 
+:func:`process_batch` does the same for several ids at once (the gpu
+queue's mode): one shared prediction pass over all their planes, then each
+row finished on its own, exactly as above.
+
 So every instance reaches exactly one final state and one final event, even
 with crashes and duplicate messages. Instances without pixel data are
 SKIPPED and archived as received; instances the engine refuses are FAILED
@@ -25,7 +29,6 @@ attempt, then FAILED.
 from __future__ import annotations
 
 import enum
-import functools
 import hashlib
 import io
 import logging
@@ -34,10 +37,12 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pydicom
 from sqlalchemy import update
 from sqlalchemy.exc import SQLAlchemyError
@@ -51,9 +56,24 @@ from dicom_wm.fileio import atomic_write_bytes, read_dataset, unlink_quietly
 from dicom_wm.ingest.events import add_event
 from dicom_wm.ingest.layout import archive_relpath
 from dicom_wm.keys import KeyStore
+from dicom_wm.settings import Predictor as PredictorKind
 from dicom_wm.settings import Settings
 
-__all__ = ["Outcome", "TaskResult", "WorkerContext", "process_instance", "PIXEL_DATA_KEYWORDS"]
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+    from dicom_wm.engine.predictors import Predictor
+
+__all__ = [
+    "Outcome",
+    "TaskResult",
+    "WorkerContext",
+    "process_instance",
+    "process_batch",
+    "resolve_predictor",
+    "check_predictor",
+    "PIXEL_DATA_KEYWORDS",
+]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +106,7 @@ class WorkerContext:
     _keys: KeyStore | None = None
     _keys_stamp: tuple[int, int] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _predictor: tuple[Predictor, str] | None = None
 
     @property
     def sessions(self) -> sessionmaker[Session]:
@@ -109,15 +130,50 @@ class WorkerContext:
                 self._keys_stamp = stamp
             return self._keys
 
+    def engine_predictor(self) -> tuple[Predictor, str]:
+        """This process's predictor, loaded once, and the device it runs on
+        (see :func:`resolve_predictor`)."""
+        with self._lock:
+            if self._predictor is None:
+                self._predictor = resolve_predictor(self.settings)
+            return self._predictor
 
-@functools.lru_cache(maxsize=8)
-def _predictor_version(name: str) -> str | None:
-    from dicom_wm.engine import get_predictor
 
-    try:
-        return str(get_predictor(name).version)
-    except Exception:  # provenance detail only; never fail a finished embed over it
-        return None
+def check_predictor(settings: Settings) -> tuple[str, str]:
+    """What :func:`resolve_predictor` will give, as (predictor name, device),
+    without creating a CUDA context (a Celery parent must not, before it
+    forks): checks the device is visible and the checkpoint's hash on the
+    CPU. Raises like :func:`resolve_predictor`."""
+    from dicom_wm.engine.predictors import ClassicRhombus
+
+    if settings.predictor is PredictorKind.CLASSIC:
+        return ClassicRhombus.name, "cpu"
+    from dicom_wm.engine.learned import load_learned_predictor, select_device
+
+    device = select_device(settings.device.value)
+    if settings.predictor is PredictorKind.AUTO and device.type != "cuda":
+        return ClassicRhombus.name, "cpu"
+    return load_learned_predictor(device="cpu").name, str(device)
+
+
+def resolve_predictor(settings: Settings) -> tuple[Predictor, str]:
+    """The predictor the settings ask for, and its device (``"cpu"``,
+    ``"cuda:0"``, ...). ``predictor = "auto"`` takes the learned predictor
+    when ``device`` resolves to CUDA and the classic one otherwise; the
+    classic predictor always runs on the CPU. Raises ``ValueError`` for a
+    device torch cannot see and ``ModelIntegrityError`` for a bad checkpoint."""
+    from dicom_wm.engine.predictors import ClassicRhombus
+
+    kind = settings.predictor
+    if kind is PredictorKind.CLASSIC:
+        return ClassicRhombus(), "cpu"
+    from dicom_wm.engine.learned import load_learned_predictor, select_device
+
+    device = select_device(settings.device.value)
+    if kind is PredictorKind.AUTO and device.type != "cuda":
+        return ClassicRhombus(), "cpu"
+    learned = load_learned_predictor(device=device)
+    return learned, str(learned.device)
 
 
 def process_instance(ctx: WorkerContext, instance_id: int, *, final_attempt: bool = False) -> TaskResult:
@@ -130,14 +186,156 @@ def process_instance(ctx: WorkerContext, instance_id: int, *, final_attempt: boo
         return claimed
     row, token = claimed
     started = time.perf_counter()
+
+    def run() -> TaskResult:
+        loaded = _load(ctx, row, token)
+        if isinstance(loaded, TaskResult):
+            return loaded
+        ds, timings = loaded
+        predictor, device = ctx.engine_predictor()
+        return _embed(ctx, row, token, ds, timings, started, predictor, {"device": device})
+
+    return _guarded(ctx, row, token, final_attempt, run)
+
+
+def _guarded(ctx: WorkerContext, row: Instance, token: str, final_attempt: bool, step: Callable[[], Any]) -> Any:
+    """Run one step of a claimed row's attempt: I/O, database and key-store
+    errors are transient (RETRY, FAILED on the final attempt), anything else
+    FAILS the row; either way only this row."""
     try:
-        return _run(ctx, row, token, started)
+        return step()
     except (OSError, SQLAlchemyError, KeyStoreError) as exc:
         kind = "database" if isinstance(exc, SQLAlchemyError) else "key store" if isinstance(exc, KeyStoreError) else "I/O"
-        return _transient(ctx, instance_id, token, f"{kind}: {_short(exc)}", final_attempt)
+        return _transient(ctx, row.id, token, f"{kind}: {_short(exc)}", final_attempt)
     except Exception as exc:  # a bug must not leave the row stuck
-        log.exception("instance %d: unexpected error", instance_id)
+        log.exception("instance %d: unexpected error", row.id)
         return _fail(ctx, row, token, f"internal error: {type(exc).__name__}: {_short(exc)}", {})
+
+
+def process_batch(
+    ctx: WorkerContext, instance_ids: Sequence[int], *, final_attempts: Sequence[bool] | None = None
+) -> dict[int, TaskResult]:
+    """Watermark several instances, predicting their planes together.
+
+    Each row is claimed, loaded, embedded, written and finished exactly as
+    :func:`process_instance` does it (same rows, events, idempotence and
+    transient-error handling), and a row's error ends only that row. The one
+    shared step: before embedding, the planes of every image instance are
+    predicted in as few forward passes as possible (grouped by plane shape,
+    :func:`dicom_wm.engine.predictors.predict_many`), and each instance's
+    embed is handed those maps through a
+    :class:`~dicom_wm.engine.predictors.PrecomputedPredictor` (used only for
+    planes equal to the ones predicted). If the shared pass fails, each
+    instance predicts its own planes. The classic predictor is cheap per
+    instance and is not batched.
+
+    Returns one result per distinct id (a repeated id is processed once).
+    """
+    ids = list(dict.fromkeys(int(i) for i in instance_ids))
+    finals = dict(zip((int(i) for i in instance_ids), final_attempts or [False] * len(instance_ids)))
+    results: dict[int, TaskResult] = {}
+    work: list[tuple[Instance, str, float, Dataset, dict[str, float]]] = []
+    for instance_id in ids:
+        try:
+            claimed = _claim(ctx, instance_id)
+        except SQLAlchemyError as exc:
+            results[instance_id] = _transient(ctx, instance_id, None, f"database: {_short(exc)}", finals[instance_id])
+            continue
+        if isinstance(claimed, TaskResult):
+            results[instance_id] = claimed
+            continue
+        row, token = claimed
+        started = time.perf_counter()
+        loaded = _guarded(ctx, row, token, finals[instance_id], lambda: _load(ctx, row, token))
+        if isinstance(loaded, TaskResult):
+            results[instance_id] = loaded
+        else:
+            work.append((row, token, started, *loaded))
+
+    if not work:
+        return results
+    predictors: list[Predictor | None] = [None] * len(work)
+    shared_s = 0.0
+    try:
+        base, device = ctx.engine_predictor()
+    except Exception as exc:  # noqa: BLE001 - each row then fails (or retries) on its own, as process_instance does
+        log.error("cannot load the predictor for a batch of %d: %s", len(work), _short(exc))
+    else:
+        predictors = [base] * len(work)
+        if not _is_classic(base):
+            t = time.perf_counter()
+            predictors = list(_batch_predictors(ctx, base, [item[3] for item in work]))
+            shared_s = time.perf_counter() - t
+    for (row, token, started, ds, timings), predictor in zip(work, predictors):
+        if shared_s:
+            timings["batch_predict"] = shared_s
+
+        def run(row=row, token=token, started=started, ds=ds, timings=timings, predictor=predictor) -> TaskResult:
+            base, device = ctx.engine_predictor()  # loaded once; raises here again if it could not load
+            extra = {"device": device, "batch_instances": len(work)}
+            return _embed(ctx, row, token, ds, timings, started, predictor or base, extra)
+
+        results[row.id] = _guarded(ctx, row, token, finals[row.id], run)
+    return results
+
+
+# Samples of one batch that are predicted together; the rest of a larger
+# batch (long cine loops) predict inside their own embed. Bounds memory:
+# planes, predictions and complexities are int64.
+_BATCH_MAX_SAMPLES = 1 << 25
+
+
+def _is_classic(predictor: Predictor) -> bool:
+    from dicom_wm.engine.predictors import ClassicRhombus
+
+    return isinstance(predictor, ClassicRhombus)
+
+
+def _carrier_planes(ctx: WorkerContext, ds: Dataset) -> np.ndarray | None:
+    """The planes embed_dataset will predict first (its A-pass carriers), or
+    None where there is nothing to share: no pixel data, the robust layer
+    (it marks the planes first), undecodable or already watermarked input
+    (embed reports those)."""
+    from dicom_wm.header import read_watermark_header
+    from dicom_wm.pixels import read_samples
+    from dicom_wm.watermark import _to_planes
+
+    if ctx.settings.robust or "PixelData" not in ds:
+        return None
+    try:
+        if read_watermark_header(ds) is not None:
+            return None
+        px = read_samples(ds)
+    except Exception:  # noqa: BLE001 - embed_dataset raises it again, for this instance only
+        return None
+    if px.samples.shape[1] < 2 or px.samples.shape[2] < 2:
+        return None
+    return _to_planes(px.samples)
+
+
+def _batch_predictors(ctx: WorkerContext, base: Predictor, datasets: list[Dataset]) -> list[Predictor]:
+    """One predictor per dataset: a PrecomputedPredictor over the shared
+    forward passes where its planes took part, else ``base``."""
+    from dicom_wm.engine.predictors import PrecomputedPredictor, predict_many
+
+    out: list[Predictor] = [base] * len(datasets)
+    members: list[tuple[int, np.ndarray]] = []
+    budget = _BATCH_MAX_SAMPLES
+    for i, ds in enumerate(datasets):
+        planes = _carrier_planes(ctx, ds)
+        if planes is not None and planes.size <= budget:
+            members.append((i, planes))
+            budget -= planes.size
+    if not members:
+        return out
+    try:
+        maps = predict_many(base, [planes for _i, planes in members])
+    except Exception as exc:  # noqa: BLE001 - e.g. device out of memory: each instance predicts alone
+        log.warning("batch prediction of %d instance(s) failed, predicting one by one: %s", len(members), _short(exc))
+        return out
+    for (i, planes), (pred, cost) in zip(members, maps):
+        out[i] = PrecomputedPredictor(base, planes, pred, cost)
+    return out
 
 
 # -- steps ---------------------------------------------------------------------------
@@ -171,9 +369,9 @@ def _claim(ctx: WorkerContext, instance_id: int) -> tuple[Instance, str] | TaskR
         return TaskResult(instance_id, Outcome.ALREADY_FINAL)
 
 
-def _run(ctx: WorkerContext, row: Instance, token: str, started: float) -> TaskResult:
+def _load(ctx: WorkerContext, row: Instance, token: str) -> tuple[Dataset, dict[str, float]] | TaskResult:
+    """Read the spooled file; rows with nothing to embed are finished here."""
     from dicom_wm.waveform import is_waveform
-    from dicom_wm.watermark import EmbedOptions, embed_dataset
 
     data_dir = ctx.settings.data_dir
     if not row.spool_path:
@@ -193,15 +391,30 @@ def _run(ctx: WorkerContext, row: Instance, token: str, started: float) -> TaskR
         return _store_as_received(
             ctx, row, token, InstanceState.SKIPPED, "no pixel or waveform data to protect", timings
         )
+    return ds, timings
 
+
+def _embed(
+    ctx: WorkerContext,
+    row: Instance,
+    token: str,
+    ds: Dataset,
+    timings: dict[str, float],
+    started: float,
+    predictor: Predictor,
+    extra: dict[str, Any],
+) -> TaskResult:
+    """Embed (with ``predictor``), archive, finish. ``extra`` goes into the
+    event (the predictor's device, the batch)."""
+    from dicom_wm.watermark import EmbedOptions, embed_dataset
+
+    data_dir = ctx.settings.data_dir
     keys = ctx.keys()
     record = uuid.uuid4()
     t = time.perf_counter()
     try:
-        options = EmbedOptions(
-            predictor=ctx.settings.predictor.value, roi_lossless=ctx.settings.roi_lossless, robust=ctx.settings.robust
-        )
-        result = embed_dataset(ds, keys, record_uuid=record, options=options)
+        options = EmbedOptions(roi_lossless=ctx.settings.roi_lossless, robust=ctx.settings.robust)
+        result = embed_dataset(ds, keys, record_uuid=record, options=options, engine_predictor=predictor)
     except (UnsupportedInput, InsufficientCapacity, SelfCheckFailed) as exc:
         timings["embed"] = time.perf_counter() - t
         kind = type(exc).__name__
@@ -233,7 +446,7 @@ def _run(ctx: WorkerContext, row: Instance, token: str, started: float) -> TaskR
         "original_sample_sha256": result.original_sample_sha256,
         "engine_version": dicom_wm.__version__,
         "predictor": result.predictor,
-        "predictor_version": _predictor_version(result.predictor),
+        "predictor_version": str(predictor.version) if result.predictor == predictor.name else None,
         "model_sha256": result.model_sha256,
         "payload_bits": int(result.payload_bits),
         "capacity_bits": int(result.capacity_bits),
@@ -256,7 +469,12 @@ def _run(ctx: WorkerContext, row: Instance, token: str, started: float) -> TaskR
         "archive_path": str(rel),
         "stored_sha256": stored_sha,
         "total_s": values["timings"]["total"],
+        **{k: v for k, v in extra.items() if k != "device"},
     }
+    if result.predictor == predictor.name:  # the image path (waveforms have their own predictor)
+        details["device"] = extra.get("device")
+        if hasattr(predictor, "hits"):  # planes whose maps came from the batch's shared forward passes
+            details["batched_planes"] = int(predictor.hits)
     return _finish(ctx, row, token, values, EventKind.WATERMARKED, details, target, Outcome.WATERMARKED)
 
 
