@@ -25,7 +25,7 @@ from dicom_wm.robust.audio import (
 )
 from dicom_wm.watermark import EmbedOptions, VerifyStatus, embed_dataset, restore_dataset, verify_dataset
 from dicom_wm.waveform import linear_samples, snr_db, ulaw_decode, ulaw_encode
-from waveform_support import ecg_dataset, speech_like, voice_dataset
+from waveform_support import ecg_dataset, one_group, speech_like, voice_dataset
 
 SECRET = b"\x11" * 32
 KEYS = KeyStore.in_memory({"ktest0001": SECRET}, "ktest0001")
@@ -118,6 +118,27 @@ def test_embed_undo_with_clipping_and_padding_is_exact() -> None:
     assert ((y >= -32767) | (y == -32768)).all() and (y <= 32767).all()
     again = undo_audio_robust(y, -32767, 32767, AudioMark.from_bytes(mark.to_bytes()), SECRET, frozen=-32768)
     assert np.array_equal(again, x)
+
+
+@pytest.mark.parametrize("interp", ["MB", "SS"])
+def test_silence_is_handled(interp: str) -> None:
+    ds = voice_dataset(np.zeros(16000, dtype=np.int64), interp)
+    res = embed_dataset(ds, KEYS, options=EmbedOptions(robust=True))
+    back = restore_dataset(res.dataset, KEYS).dataset
+    assert bytes(back.WaveformSequence[0].WaveformData) == bytes(ds.WaveformSequence[0].WaveformData)
+    assert decode_audio_robust(_linear(ds), 8000, SECRET) is None
+
+
+def test_two_channels_are_marked_and_restored() -> None:
+    stereo = np.stack([ulaw_encode(speech_like(5.0, seed=11)), ulaw_encode(speech_like(5.0, seed=12))])
+    ds = one_group(stereo, "MB")
+    res = embed_dataset(ds, KEYS, record_uuid=RECORD, options=EmbedOptions(robust=True, recipient="VIEWER_AE"))
+    back = restore_dataset(res.dataset, KEYS).dataset
+    assert bytes(back.WaveformSequence[0].WaveformData) == bytes(ds.WaveformSequence[0].WaveformData)
+    both = linear_samples(res.dataset)[0]
+    assert both.shape[0] == 2
+    assert decode_audio_robust(both, 8000, SECRET) == MESSAGE
+    assert decode_audio_robust(both[1], 8000, SECRET) == MESSAGE
 
 
 def test_general_audio_at_44k1_is_marked_and_traced() -> None:

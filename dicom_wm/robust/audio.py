@@ -18,15 +18,16 @@ Pattern (defined on a canonical 8 kHz time axis, whatever the stored rate)
     sits at canonical position ``pos = floor((t + 1/2) * 8000 * 16 / fs)``
     (sixteenths of a canonical sample); its chip is ``pos // 64`` modulo
     ``CHIPS`` and its weight the parabolic window ``w = x * (64 - x)``,
-    ``x = pos % 64`` (at 8 kHz: 448, 960, 960, 448 over a chip). Integer
-    arithmetic only, so the pattern is bit-identical on every machine.
+    ``x = pos % 64``, negated on the chip's second half (at 8 kHz: 448, 960,
+    -960, -448: DC-free, energy around 2 kHz). Integer arithmetic only, so
+    the pattern is bit-identical on every machine.
 
 Strength
     The change of sample ``t`` is ``sign * ((A_b * w + d_t) // 2**14)`` in
     watermark-domain units, ``d_t`` a key-derived dither in ``0 .. 2**14-1``
     and ``A_b`` the amplitude (in 1/16 units) of the block (``BLOCK``
     canonical samples, 128 ms) holding ``t``. Blocks carry a one-byte
-    amplitude code each (``A = floor(2**(q/8))``, 0 = none) in the
+    amplitude code each (``A`` about ``2**(q/8)``, 0 = none) in the
     :class:`AudioMark`:
 
     * 16-bit (and 8-bit) linear samples: ``A_b`` follows the block's rms, so
@@ -45,16 +46,17 @@ Clipping
 Decoding (blind)
     Channels are averaged, the signal is resampled to 8 kHz
     (``scipy.signal.resample_poly``), whitened (a short-time LPC residual,
-    then divided by its local rms and clipped), folded modulo ``PERIOD``
-    and cyclically correlated (FFT) with the key's sync chips: the peak gives
-    the time shift, any crop and any start. Under the best
-    :data:`SHIFT_CANDIDATES` shifts (and half-sample phases for inputs that
-    arrive at another rate) the chips are matched-filtered, de-signed and
-    summed per coded bit, Viterbi-decoded, and the message is returned only
-    if its keyed 32-bit check matches. At most :data:`MAX_AUDIO_DECODES`
-    checks are made per key, so an unmarked signal (or one marked under
-    another key) decodes with probability at most
-    ``MAX_AUDIO_DECODES * 2**-32`` (< 2e-9) per key tried.
+    order 12 over 32 ms frames, divided by its 20 ms local rms and clipped
+    to +-3), weighted by the signal envelope (the mark is absent in pauses),
+    upsampled 2x (half-sample resolution, for inputs cropped at another
+    rate), folded modulo ``PERIOD`` and cyclically correlated (FFT) with the
+    key's sync chips: the peaks give the time shift, for any crop and any
+    start. At the :data:`MAX_AUDIO_DECODES` best-separated peaks, in order,
+    the chips are matched-filtered, de-signed and summed per coded bit,
+    Viterbi-decoded, and the message is returned only if its keyed 32-bit
+    check matches. So an unmarked signal (or one marked under another key)
+    decodes with probability at most ``MAX_AUDIO_DECODES * 2**-32``
+    (< 1e-9) per key tried.
 """
 
 from __future__ import annotations
@@ -62,7 +64,6 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
-import wave
 import zlib
 from dataclasses import dataclass
 from fractions import Fraction
@@ -108,7 +109,7 @@ _SUB = 16  # canonical position resolution (sixteenths of a sample)
 _WIN = CHIP * _SUB  # 64
 _WSCALE = 1 << 14  # amplitude (1/16 units) * w (<= 1024) is divided by this
 _VERSION = 1
-_HEADER = struct.Struct(">BB8sIHH")  # version, flags, message, rate, block samples, skip-list length
+_HEADER = struct.Struct(">BB8sIHH")  # version, flags, message, rate, block samples, length of the zlib'd codes
 
 
 def _audio_secret(secret: bytes) -> bytes:
@@ -161,8 +162,8 @@ def _block_len(rate: int) -> int:
 
 def _amplitude(code: np.ndarray) -> np.ndarray:
     code = np.asarray(code, dtype=np.int64)
-    # floor(2**(q/8)) in integers: 2**(q//8) * round(2**((q%8)/8) * 2**16) >> 16
-    frac = np.array([65536, 71468, 77935, 84990, 92682, 101070, 110218, 120194], dtype=np.int64)
+    # about 2**(q/8), in integers: (round(2**((q%8)/8) * 2**16) << (q//8)) >> 16
+    frac = np.array([65536, 71468, 77936, 84990, 92682, 101070, 110218, 120194], dtype=np.int64)
     amp = (frac[code % 8] << (code // 8)) >> 16
     return np.where(code > 0, amp, 0)
 
@@ -356,9 +357,9 @@ def embed_audio_robust(
         The key.
     sample_rate : float or None
         Stored sampling rate (Hz); None means 8 kHz.
-    linear : callable result, optional
-        When given (companded samples), ``linear`` is a 256-entry table from
-        domain value to linear amplitude; the constant amplitude is then
+    linear : ndarray, optional
+        For companded samples: a 256-entry table from domain value (code
+        rank) to linear amplitude; one amplitude for every block is then
         searched so the SNR on that scale is about :data:`COMPANDED_SNR_DB`.
         Without it the amplitude follows each block's rms.
     frozen : int, optional
@@ -406,7 +407,7 @@ def _companded_codes(
         snr = math.inf if err == 0 else 10 * math.log10(power / err) if power else -math.inf
         tried[q] = snr
         # amplitude in code steps: 8 codes per doubling = 6.02 dB
-        new = int(np.clip(q + round((snr - COMPANDED_SNR_DB) / 6.02 * 8), 1, 255))
+        new = int(np.clip(q + round((min(max(snr, -100.0), 100.0) - COMPANDED_SNR_DB) / 6.02 * 8), 1, 255))
         if new in tried:
             break
         q = new
