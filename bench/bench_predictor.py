@@ -2,6 +2,8 @@
 
     python bench/bench_predictor.py                # held-out split, markdown tables
     python bench/bench_predictor.py --threads 2 --speed-slices 8
+    python bench/bench_predictor.py --device cuda  # the same, plus batched throughput on the GPU
+    python bench/bench_predictor.py --speed-only   # throughput tables only
 
 For every held-out file of dicom_wm.models.corpus and both predictors, in
 one run: single-layer capacity (A-lattice carriers e in {0, -1} on the positions
@@ -12,7 +14,12 @@ of the full capacity, with the engine's own walk and embed
 rate-distortion bound for the classic predictor's prediction-error
 histogram (the largest H(Y) - H(X) at a given squared-error distortion,
 computed numerically). Last, predict speed on 512x512 slices, learned
-against classic in the same run.
+against classic in the same run, and batched throughput: slices/s of the
+learned predictor over batches of 1, 8, 32 one-slice instances predicted
+together (``predict_many``, what the gpu queue's ``process_batch`` does, host
+<-> device copies included) on ``--device``, the classic predictor on the
+CPU one instance at a time alongside; then whole embeds (predict, embed,
+self-check, encode) of a batch, learned-batched against classic.
 
 bpp = payload bits / samples of one frame-channel; the payload of an image
 is split evenly over its planes (frames x channels).
@@ -34,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dicom_wm.engine.histogram_shift import carrier_mask, embed_walk, walk_order  # noqa: E402
 from dicom_wm.engine.learned import LearnedPredictor, load_learned_predictor  # noqa: E402
-from dicom_wm.engine.predictors import ClassicRhombus, Predictor  # noqa: E402
+from dicom_wm.engine.predictors import ClassicRhombus, PrecomputedPredictor, Predictor, predict_many  # noqa: E402
 from dicom_wm.models.corpus import HELD_OUT_FILES, CorpusImage, is_available, load_image  # noqa: E402
 
 PAYLOADS_BPP = (0.01, 0.05, 0.1, 0.2)
@@ -186,6 +193,71 @@ def speed(learned: LearnedPredictor, slices: int, repeats: int) -> tuple[float, 
     return out[0], out[1]
 
 
+def _slices(count: int) -> np.ndarray:
+    """``count`` distinct 512x512 CT slices (rolled copies of 693_UNCR)."""
+    base = load_image("693_UNCR.dcm").planes[0]
+    return np.stack([np.roll(base, (7 * k, 13 * k), axis=(0, 1)) for k in range(count)])
+
+
+def _best(fn, repeats: int) -> float:
+    fn()  # warm-up (cuDNN / allocator / caches)
+    best = math.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def batched_speed(learned: LearnedPredictor, sizes: list[int], repeats: int) -> list[tuple[int, float, float]]:
+    """(batch size, learned slices/s batched on its device, classic slices/s
+    one instance at a time on the CPU) per batch size."""
+    classic = ClassicRhombus()
+    rows = []
+    for b in sizes:
+        stacks = [s[None] for s in _slices(b)]
+        t_learned = _best(lambda: predict_many(learned, stacks), repeats)
+        t_classic = _best(lambda: [classic.predict_and_complexity(x) for x in stacks], repeats)
+        rows.append((b, b / t_learned, b / t_classic))
+    return rows
+
+
+def embed_speed(learned: LearnedPredictor, batch: int, repeats: int) -> tuple[float, float]:
+    """Slices/s of whole embeds (decode, predict, embed, self-check, encode)
+    of ``batch`` one-slice CT instances: learned with the batch predicted in
+    one ``predict_many`` (the gpu queue's path), classic one by one."""
+    import copy
+    import tempfile
+
+    import pydicom
+
+    from dicom_wm.keys import KeyStore
+    from dicom_wm.models.corpus import _path
+    from dicom_wm.pixels import read_samples
+    from dicom_wm.watermark import EmbedOptions, _to_planes, embed_dataset
+
+    keys = KeyStore.init(Path(tempfile.mkdtemp()) / "keys.json")
+    ds0 = pydicom.dcmread(_path("693_UNCR.dcm"))
+    datasets = []
+    for plane in _slices(batch):
+        ds = copy.deepcopy(ds0)
+        ds.PixelData = plane.astype(np.int16).tobytes()
+        datasets.append(ds)
+    classic = ClassicRhombus()
+
+    def run_learned() -> None:
+        planes = [_to_planes(read_samples(ds).samples) for ds in datasets]
+        maps = predict_many(learned, planes)
+        for ds, p, (pred, cost) in zip(datasets, planes, maps):
+            embed_dataset(ds, keys, options=EmbedOptions(), engine_predictor=PrecomputedPredictor(learned, p, pred, cost))
+
+    def run_classic() -> None:
+        for ds in datasets:
+            embed_dataset(ds, keys, options=EmbedOptions(), engine_predictor=classic)
+
+    return batch / _best(run_learned, repeats), batch / _best(run_classic, repeats)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="learned vs classic predictor on the held-out split")
     ap.add_argument("--files", nargs="*", default=list(HELD_OUT_FILES))
@@ -194,6 +266,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--speed-slices", type=int, default=4)
     ap.add_argument("--no-bound", action="store_true")
+    ap.add_argument("--batch-sizes", default="1,8,32", help="batched throughput: instances per batch ('' to skip)")
+    ap.add_argument("--embed-batch", type=int, default=8, help="whole-embed throughput batch (0 to skip)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--speed-only", action="store_true", help="skip capacity and PSNR, print the speed tables")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     learned = load_learned_predictor(args.model, args.device)
@@ -202,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cap_rows = []
     psnr_rows = []
-    for name in args.files:
+    for name in [] if args.speed_only else args.files:
         if not is_available(name):
             print(f"skip {name}: not installed")
             continue
@@ -238,20 +314,36 @@ def main(argv: list[str] | None = None) -> int:
             )
         print(f"done {name} ({nplanes} planes)", file=sys.stderr, flush=True)
 
-    print("### Single-layer capacity (bits)\n")
-    print("| file | modality | bits | planes | classic | learned | gain | classic bpp | learned bpp |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    print("\n".join(cap_rows))
-    print("\n### PSNR (dB, peak 2^BitsStored-1) and max |Δ|\n")
-    print("| file | payload | classic | learned | Δ dB | max abs Δ c / l | ideal placement | KW bound (classic errors) |")
-    print("|---|---|---|---|---|---|---|---|")
-    print("\n".join(psnr_rows))
+    if cap_rows:
+        print("### Single-layer capacity (bits)\n")
+        print("| file | modality | bits | planes | classic | learned | gain | classic bpp | learned bpp |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        print("\n".join(cap_rows))
+        print("\n### PSNR (dB, peak 2^BitsStored-1) and max |Δ|\n")
+        print("| file | payload | classic | learned | Δ dB | max abs Δ c / l | ideal placement | KW bound (classic errors) |")
+        print("|---|---|---|---|---|---|---|---|")
+        print("\n".join(psnr_rows))
     if args.speed_slices:
-        c, lr = speed(learned, args.speed_slices, 3)
+        c, lr = speed(learned, args.speed_slices, args.repeats)
         print(f"\n### predict speed, 512x512 slices, {args.threads} thread(s), {learned.device}\n")
         print("| classic slices/s | learned slices/s | learned / classic |")
         print("|---|---|---|")
         print(f"| {c:.1f} | {lr:.2f} | {lr / c:.4f} |")
+    sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    if sizes:
+        print(f"\n### batched prediction, 512x512 one-slice instances, learned on {learned.device}, "
+              f"classic on the CPU one by one, {args.threads} CPU thread(s)\n")
+        print("| batch | learned slices/s (batched) | classic slices/s | learned / classic |")
+        print("|---|---|---|---|")
+        for b, lr_b, c_b in batched_speed(learned, sizes, args.repeats):
+            print(f"| {b} | {lr_b:.2f} | {c_b:.1f} | {lr_b / c_b:.4f} |")
+    if args.embed_batch:
+        lr_e, c_e = embed_speed(learned, args.embed_batch, args.repeats)
+        print(f"\n### whole embed (decode, predict, embed, self-check, encode), batch of {args.embed_batch} "
+              f"512x512 CT instances, learned batched on {learned.device}\n")
+        print("| learned slices/s | classic slices/s | learned / classic |")
+        print("|---|---|---|")
+        print(f"| {lr_e:.2f} | {c_e:.1f} | {lr_e / c_e:.4f} |")
     return 0
 
 

@@ -207,6 +207,19 @@ def test_auto_keeps_classic_on_cpu_and_learned_is_configurable(tmp_path: Path) -
 
 
 @CUDA
+def test_cuda_batch_equals_cpu_one_plane_at_a_time(learned: LearnedPredictor) -> None:
+    gpu = load_learned_predictor(device="cuda")
+    rng = np.random.default_rng(9)
+    stacks = [_random_planes(rng, n, r, c, b, sg) for n, r, c, b, sg in
+              ((8, 512, 512, 16, True), (3, 17, 33, 8, False), (5, 512, 512, 12, False), (1, 40, 9, 14, True))]
+    stacks.append(_to_planes(read_samples(ct(3)).samples))
+    for stack, (pred, cost) in zip(stacks, predict_many(gpu, stacks)):
+        for k in range(len(stack)):
+            p1, c1 = learned.predict_and_complexity(stack[k : k + 1])
+            assert np.array_equal(pred[k], p1[0]) and np.array_equal(cost[k], c1[0])
+
+
+@CUDA
 def test_auto_takes_learned_on_cuda(tmp_path: Path) -> None:
     predictor, device = resolve_predictor(load_settings(data_dir=tmp_path, predictor="auto"))
     assert isinstance(predictor, LearnedPredictor) and device.startswith("cuda")
@@ -375,3 +388,17 @@ def test_predictor_that_cannot_load_fails_rows_not_the_batch(tmp_path: Path, mon
     with ctx.sessions() as s:
         rows = [s.get(Instance, i) for i in ids]
     assert all(r.state is InstanceState.FAILED and "CUDA is not available" in r.state_reason for r in rows)
+
+
+@pytest.mark.skipif(learned_mod.torch.cuda.is_available(), reason="checks the refusal where CUDA is absent")
+def test_serve_refuses_a_cuda_device_it_cannot_see(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from dicom_wm.cli.app import app
+
+    for name in [n for n in __import__("os").environ if n.startswith("DICOM_WM_")]:
+        monkeypatch.delenv(name)
+    result = CliRunner().invoke(app, ["serve", "--data-dir", str(tmp_path), "--port", "1",
+                                      "--predictor", "learned", "--device", "cuda", "--batch-size", "8"])
+    assert result.exit_code == 2
+    assert "CUDA is not available" in result.output
