@@ -47,16 +47,17 @@ Decoding (blind)
     Channels are averaged, the signal is resampled to 8 kHz
     (``scipy.signal.resample_poly``), whitened (a short-time LPC residual,
     order 12 over 32 ms frames, divided by its 20 ms local rms and clipped
-    to +-3), weighted by the signal envelope (the mark is absent in pauses),
-    upsampled 2x (half-sample resolution, for inputs cropped at another
+    to +-3), taken as it is and, second, weighted by the signal envelope
+    (the mark is absent in pauses), upsampled 2x (half-sample resolution, for inputs cropped at another
     rate), folded modulo ``PERIOD`` and cyclically correlated (FFT) with the
     key's sync chips: the peaks give the time shift, for any crop and any
-    start. At the :data:`MAX_AUDIO_DECODES` best-separated peaks, in order,
+    start. At the four best-separated peaks of each, in order (at most
+    :data:`MAX_AUDIO_DECODES` = 8 in all),
     the chips are matched-filtered, de-signed and summed per coded bit,
     Viterbi-decoded, and the message is returned only if its keyed 32-bit
     check matches. So an unmarked signal (or one marked under another key)
     decodes with probability at most ``MAX_AUDIO_DECODES * 2**-32``
-    (< 1e-9) per key tried.
+    (< 2e-9) per key tried.
 """
 
 from __future__ import annotations
@@ -104,7 +105,9 @@ TARGET_SNR_DB = 30.0  # mark power below the signal's, on the linear scale (line
 # than the local envelope, which whitening recovers less well (measured:
 # about 6 dB less per coded bit at equal SNR), so it is made stronger
 COMPANDED_SNR_DB = 24.0
-MAX_AUDIO_DECODES = 4  # sync peaks decoded per key: at most 4 * 2**-32 < 1e-9 false positives
+_PEAKS = 4  # sync peaks decoded per analysis
+_VARIANTS = 2  # analyses: plain whitened, and weighted by the envelope
+MAX_AUDIO_DECODES = _PEAKS * _VARIANTS  # checks per key: at most 8 * 2**-32 < 2e-9 false positives
 _SUB = 16  # canonical position resolution (sixteenths of a sample)
 _WIN = CHIP * _SUB  # 64
 _WSCALE = 1 << 14  # amplitude (1/16 units) * w (<= 1024) is divided by this
@@ -550,19 +553,20 @@ def _decode_soft(soft: np.ndarray, secret: bytes) -> bytes | None:
     return message if check == check_bytes(message, secret) else None
 
 
-def _analysis(channels: np.ndarray, sample_rate: float) -> np.ndarray:
-    from scipy.signal import resample_poly
-
+def _analyses(channels: np.ndarray, sample_rate: float) -> list[np.ndarray]:
+    """The whitened canonical signal at the analysis resolution: as it is,
+    and weighted by the envelope (the mark follows the envelope and is
+    absent in pauses, where the whitened signal is noise only: with added
+    noise the weighted one does better, on clean copies the plain one)."""
     from scipy.ndimage import uniform_filter1d
+    from scipy.signal import resample_poly
 
     x = _canonical(channels, sample_rate)
     w = _whiten(x)
-    # the mark follows the signal's envelope and is absent in pauses, where
-    # the whitened signal is noise only: weight by the envelope (50 ms),
-    # relative to its 80th percentile, capped at 1
+    # envelope over 50 ms, relative to its 80th percentile, capped at 1
     env = np.sqrt(uniform_filter1d((x - x.mean()) ** 2, 400, mode="nearest"))
     ref = float(np.percentile(env, 80)) or 1.0
-    return resample_poly(w * np.minimum(env / ref, 1.0), _UP, 1)
+    return [resample_poly(w, _UP, 1), resample_poly(w * np.minimum(env / ref, 1.0), _UP, 1)]
 
 
 def decode_audio_robust(samples: np.ndarray, sample_rate: float, secret: bytes) -> bytes | None:
@@ -580,20 +584,22 @@ def decode_audio_robust(samples: np.ndarray, sample_rate: float, secret: bytes) 
     secret : bytes
         The key to try.
 
-    At most :data:`MAX_AUDIO_DECODES` candidate shifts are decoded and a
+    At most :data:`MAX_AUDIO_DECODES` (8) candidate shifts are decoded and a
     message is returned only when its keyed 32-bit check matches, so an
     unmarked signal yields a message with probability at most
     ``MAX_AUDIO_DECODES * 2**-32`` per key.
     """
-    w = _analysis(samples, sample_rate)
-    if w.size < CHIP * _UP * 64:
+    if np.size(samples) == 0:
         return None
     key = _AudioKey(secret)
-    folded = _fold(w)
-    for _, shift in _sync_peaks(folded, key, MAX_AUDIO_DECODES):
-        msg = _decode_soft(_soft_bits(folded, shift, key), secret)
-        if msg is not None:
-            return msg
+    for w in _analyses(samples, sample_rate):
+        if w.size < CHIP * _UP * 64:
+            return None
+        folded = _fold(w)
+        for _, shift in _sync_peaks(folded, key, _PEAKS):
+            msg = _decode_soft(_soft_bits(folded, shift, key), secret)
+            if msg is not None:
+                return msg
     return None
 
 
