@@ -31,13 +31,16 @@ dropped frame only costs its share, and a foreign frame is weighed down:
    rotation) runs on the average: a cine exported resized or rotated as a
    whole is found that way.
 
-False positives: every decode attempt is one Viterbi decode and one 32-bit
-keyed check, which random soft bits pass with probability 2**-32. At most
-:data:`MAX_FRAME_DECODES` attempts are made per key, whatever the number of
-frames (the number of frames changes only how much is summed, not how often
-a check is tried), so an unmarked cine, or one marked under another key,
-decodes with probability at most ``MAX_FRAME_DECODES * 2**-32`` (< 7e-9) per
-key tried -- far below 1e-6.
+False positives: every decode attempt is one keyed 32-bit check, which
+random soft bits pass with probability 2**-32. At most
+:data:`MAX_FRAME_DECODES` checks are made per key, whatever the number of
+frames (the number of frames changes only how much is summed, not how often a
+check is tried): 16 here (2 whitenings x (equal sum, sync-weighted sum, 4
+group sums, 2 single frames)) plus the single-image decoder's own
+:data:`~dicom_wm.robust.detect.MAX_DECODES` on the average. So an unmarked
+cine, or one marked under another key, decodes with probability at most
+``MAX_FRAME_DECODES * 2**-32`` per key tried (5.6e-9 with MAX_DECODES = 8;
+tests/test_robust_frames.py asserts it stays <= 1e-6).
 
 Work is bounded: each frame is centre-cropped to at most ``_SIDE`` x
 ``_SIDE`` samples on the tile grid, and when the frames together exceed
