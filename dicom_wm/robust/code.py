@@ -13,7 +13,7 @@ import hmac
 
 import numpy as np
 
-__all__ = ["CHECK_BITS", "encode_bits", "viterbi_decode", "check_bytes", "bits_of", "bytes_of", "CODED_BITS"]
+__all__ = ["CHECK_BITS", "encode_bits", "viterbi_decode", "viterbi_list_decode", "check_bytes", "bits_of", "bytes_of", "CODED_BITS"]
 
 CHECK_BITS = 32
 _K = 7
@@ -90,3 +90,43 @@ def viterbi_decode(soft: np.ndarray) -> np.ndarray:
         bits[i] = inp2[state, p]
         state = int(src2[state, p])
     return bits[: n - (_K - 1)]
+
+
+def viterbi_list_decode(soft: np.ndarray, size: int) -> np.ndarray:
+    """The ``size`` most likely info-bit sequences for ``soft`` (positive = bit
+    0), best first, as a ``(size, info bits)`` array: a parallel list Viterbi
+    keeping the ``size`` best paths into every state. Row 0 is
+    :func:`viterbi_decode`'s answer. A keyed check over the list (each row one
+    check attempt) recovers frames whose best path is wrong but whose right
+    path is close behind it."""
+    if size < 1:
+        raise ValueError(f"list size must be >= 1, got {size}")
+    n = soft.size // _RATE
+    llr = soft.reshape(n, _RATE)
+    sign = 1.0 - 2.0 * _OUT
+    nxt = _NEXT.reshape(-1)
+    src = np.tile(np.arange(_STATES), 2)
+    inp = np.repeat([0, 1], _STATES)
+    order = np.argsort(nxt, kind="stable")
+    src2, inp2 = src[order].reshape(_STATES, 2), inp[order].reshape(_STATES, 2)
+    metric = np.full((_STATES, size), -np.inf)
+    metric[0, 0] = 0.0
+    back_pred = np.empty((n, _STATES, size), np.int64)  # which of the 2 predecessors
+    back_rank = np.empty((n, _STATES, size), np.int64)  # which of its ranked paths
+    for i in range(n):
+        branch = (sign * llr[i]).sum(axis=-1)  # (2, states)
+        cand = metric[src2] + branch[inp2, src2][..., None]  # (states, 2, size)
+        flat = cand.reshape(_STATES, 2 * size)
+        pick = np.argsort(-flat, axis=1, kind="stable")[:, :size]
+        metric = np.take_along_axis(flat, pick, axis=1)
+        back_pred[i], back_rank[i] = np.divmod(pick, size)
+    out = np.empty((size, n), np.int64)
+    for r in range(size):
+        state, rank = 0, r
+        for i in range(n - 1, -1, -1):
+            p = back_pred[i, state, rank]
+            out[r, i] = inp2[state, p]
+            rank = back_rank[i, state, rank]
+            state = int(src2[state, p])
+    keep = np.isfinite(metric[0])
+    return out[keep, : n - (_K - 1)]

@@ -8,50 +8,74 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dicom_wm.robust.code import check_bytes, bits_of, encode_bits
+from dicom_wm.robust.code import CODED_BITS, check_bytes, bits_of, encode_bits
 from dicom_wm.robust.message import MESSAGE_BYTES
-from dicom_wm.robust.pattern import CHIP, PERIOD, SHAPE, SHAPE_SCALE, chip_values, dither, tile_from_chips
+from dicom_wm.robust.pattern import CHIP, PERIOD, SHAPE, SHAPE_SCALE, chip_values, dither, layout, tile_from_chips
 
 __all__ = ["RobustMark", "embed_robust", "undo_robust", "TARGET_RMS_8BIT", "strength_for"]
 
-# rms change on the 8-bit windowed rendering the strength aims for: 1.3
-# levels is 45.9 dB PSNR before the rendering rounds to 8 bits
-TARGET_RMS_8BIT = 1.3
-_VERSION = 1
+# rms change on the 8-bit windowed rendering the strength aims for: 1.36
+# levels is 45.5 dB PSNR; the search keeps the largest amplitude whose
+# rendered rms is at most _RMS_TOLERANCE times that (1.40 levels, 45.2 dB)
+TARGET_RMS_8BIT = 1.36
+_RMS_TOLERANCE = 1.03
+_VERSION = 2  # 1: no gains (every coded bit at unit gain); still read
 _HEADER = struct.Struct(">BB8sI")  # version, flags, message, amplitude (1/16 units)
+_FLAG_GAINS = 0x01
+# per-coded-bit gain q/GAIN_UNIT, q in 1..15 (4 bits each): GAIN_UNIT is unit gain
+GAIN_UNIT = 8
+_GAIN_BYTES = (CODED_BITS + 1) // 2
 
 
 @dataclass(frozen=True)
 class RobustMark:
     """What :func:`embed_robust` changed, enough to undo it exactly.
 
-    ``message`` and ``amplitude`` (in 1/16 stored units) regenerate the
-    pattern from the key; ``skipped`` is the zlib-compressed bit list, over the
-    chips whose undo is ambiguous (row-major chip order), of those left
-    unchanged because the pattern would have clipped them (empty when none).
+    ``message``, ``amplitude`` (in 1/16 stored units) and ``gains`` (one
+    per coded bit, in 1/:data:`GAIN_UNIT`; empty = all unit, as version 1
+    marks) regenerate the pattern from the key; ``skipped`` is the
+    zlib-compressed bit list, over the chips whose undo is ambiguous
+    (row-major chip order), of those left unchanged because the pattern would
+    have clipped them (empty when none).
     """
 
     message: bytes
     amplitude: int
     skipped: bytes = b""
+    gains: bytes = b""
 
     def __post_init__(self) -> None:
         if not isinstance(self.message, bytes) or len(self.message) != MESSAGE_BYTES:
             raise ValueError(f"message must be {MESSAGE_BYTES} bytes, got {self.message!r}")
         if not 0 <= self.amplitude < 2**32:
             raise ValueError(f"amplitude {self.amplitude} out of range")
+        if self.gains:
+            if len(self.gains) != CODED_BITS or not all(1 <= g <= 15 for g in self.gains):
+                raise ValueError(f"gains must be {CODED_BITS} values in 1..15, got {len(self.gains)}")
 
     def to_bytes(self) -> bytes:
-        return _HEADER.pack(_VERSION, 0, self.message, self.amplitude) + self.skipped
+        if not self.gains:
+            return _HEADER.pack(_VERSION, 0, self.message, self.amplitude) + self.skipped
+        q = np.frombuffer(self.gains + b"\0", dtype=np.uint8)[: 2 * _GAIN_BYTES].reshape(-1, 2)
+        packed = ((q[:, 0] << 4) | q[:, 1]).astype(np.uint8).tobytes()
+        return _HEADER.pack(_VERSION, _FLAG_GAINS, self.message, self.amplitude) + packed + self.skipped
 
     @classmethod
     def from_bytes(cls, b: bytes) -> RobustMark:
         if len(b) < _HEADER.size:
             raise ValueError(f"a RobustMark is at least {_HEADER.size} bytes, got {len(b)}")
-        version, _flags, message, amplitude = _HEADER.unpack_from(b)
-        if version != _VERSION:
+        version, flags, message, amplitude = _HEADER.unpack_from(b)
+        if version not in (1, _VERSION):
             raise ValueError(f"unknown RobustMark version {version}")
-        return cls(message=message, amplitude=amplitude, skipped=bytes(b[_HEADER.size :]))
+        rest = bytes(b[_HEADER.size :])
+        gains = b""
+        if version >= 2 and flags & _FLAG_GAINS:
+            if len(rest) < _GAIN_BYTES:
+                raise ValueError(f"RobustMark gains need {_GAIN_BYTES} bytes, got {len(rest)}")
+            p = np.frombuffer(rest[:_GAIN_BYTES], dtype=np.uint8)
+            gains = np.stack([p >> 4, p & 15], axis=1).reshape(-1)[:CODED_BITS].astype(np.uint8).tobytes()
+            rest = rest[_GAIN_BYTES:]
+        return cls(message=message, amplitude=amplitude, skipped=rest, gains=gains)
 
 
 def _check_plane(plane: np.ndarray, lo: int, hi: int) -> np.ndarray:
@@ -80,12 +104,20 @@ def strength_for(plane: np.ndarray, lo: int, hi: int) -> int:
     return max(int(round(SHAPE_SCALE * TARGET_RMS_8BIT * _window_width(plane) / 255.0 / rms_shape)), 1)
 
 
-def _delta(shape: tuple[int, int], message: bytes, amplitude: int, secret: bytes) -> np.ndarray:
+def _delta(shape: tuple[int, int], message: bytes, amplitude: int, secret: bytes, gains: bytes = b"") -> np.ndarray:
     info = np.concatenate([bits_of(message), bits_of(check_bytes(message, secret))])
     chips = chip_values(encode_bits(info), secret)
     # integer arithmetic only: the same delta on every machine
     weights = tile_from_chips(np.ones_like(chips), SHAPE)
-    tile = tile_from_chips(chips, np.ones_like(SHAPE)) * ((amplitude * weights + dither(secret)) // SHAPE_SCALE)
+    if gains:
+        lay = layout(secret)
+        g = np.full(chips.size, GAIN_UNIT, np.int64)  # sync chips at unit gain
+        g[lay.data] = np.frombuffer(gains, dtype=np.uint8).astype(np.int64)[lay.bit_of]
+        scale = GAIN_UNIT * SHAPE_SCALE  # amplitude * q / GAIN_UNIT in 1/16 units, one floor division
+        mag = (amplitude * tile_from_chips(g, np.ones_like(SHAPE)) * weights + GAIN_UNIT * dither(secret)) // scale
+    else:
+        mag = (amplitude * weights + dither(secret)) // SHAPE_SCALE
+    tile = tile_from_chips(chips, np.ones_like(SHAPE)) * mag
     rows, cols = shape
     reps = (-(-rows // PERIOD), -(-cols // PERIOD))
     return np.tile(tile, reps)[:rows, :cols]
@@ -121,7 +153,7 @@ def _rendered_rms(plane: np.ndarray, marked: np.ndarray) -> float:
     return float(np.sqrt(np.mean((a - b) ** 2)))
 
 
-def _calibrate(plane: np.ndarray, lo: int, hi: int, message: bytes, secret: bytes) -> int:
+def _calibrate(plane: np.ndarray, lo: int, hi: int, message: bytes, secret: bytes, gains: bytes = b"") -> int:
     """The amplitude whose change on the 8-bit rendering has rms close to, and
     not much above, :data:`TARGET_RMS_8BIT`: chips left out (clipping) give
     their energy budget back to the rest; the integer rounding of the pattern
@@ -129,7 +161,7 @@ def _calibrate(plane: np.ndarray, lo: int, hi: int, message: bytes, secret: byte
     first = amplitude = strength_for(plane, lo, hi)
     tried: dict[int, float] = {}
     for _ in range(6):
-        marked, _ = _apply(plane, lo, hi, message, secret, amplitude)
+        marked, _ = _apply(plane, lo, hi, message, secret, amplitude, gains)
         rms = tried[amplitude] = _rendered_rms(plane, marked)
         if rms == 0:
             break
@@ -137,20 +169,68 @@ def _calibrate(plane: np.ndarray, lo: int, hi: int, message: bytes, secret: byte
         if new in tried:
             break
         amplitude = new
-    fitting = [a for a, r in tried.items() if r <= TARGET_RMS_8BIT * 1.05]
+    fitting = [a for a, r in tried.items() if r <= TARGET_RMS_8BIT * _RMS_TOLERANCE]
     return max(fitting) if fitting else min(tried)
 
 
 def _apply(
-    plane: np.ndarray, lo: int, hi: int, message: bytes, secret: bytes, amplitude: int
+    plane: np.ndarray, lo: int, hi: int, message: bytes, secret: bytes, amplitude: int, gains: bytes = b""
 ) -> tuple[np.ndarray, np.ndarray]:
-    moved = plane + _delta(plane.shape, message, amplitude, secret)
+    moved = plane + _delta(plane.shape, message, amplitude, secret, gains)
     skip = _chip_any((moved < lo) | (moved > hi))
     return np.where(_per_sample(skip, plane.shape), plane, moved), skip
 
 
+def _soft(image: np.ndarray, secret: bytes) -> np.ndarray:
+    """The decoder's soft value per coded bit at the identity geometry and
+    zero shift (classical whitening, the first thing it tries)."""
+    from dicom_wm.robust import detect  # the decoder imports nothing from here
+
+    w, valid = detect._resample(detect._whiten(detect._reject_impulses(image.astype(np.float64))), 1.0, 0.0,
+                                detect._MAX_SIDE)
+    return detect._soft_bits(detect._fold(w, valid), (0, 0), detect._Key(secret))
+
+
+def _informed_gains(plane: np.ndarray, lo: int, hi: int, message: bytes, secret: bytes, amplitude: int) -> bytes:
+    """Per-coded-bit gains that cancel the host image's own correlation with
+    each coded bit (informed embedding, as in improved spread spectrum).
+
+    The decoder's soft value of bit j is about ``h_j + g_j * p_j``: ``h_j``
+    what the unmarked plane correlates with bit j's chips, ``p_j`` what the
+    pattern at unit gain adds. Gains ``g_j = t - b_j h_j / p_j`` (``b_j`` the
+    bit's sign), clipped to 2..15 eighths, give every bit the same margin
+    ``t``, with ``t`` chosen so the mean squared gain is 1 (the same energy,
+    which :func:`_calibrate` then sets exactly). On textured 8-bit images
+    (ultrasound speckle) the host term is the main interference; where it is
+    small the gains stay close to 1.
+    """
+    info = np.concatenate([bits_of(message), bits_of(check_bytes(message, secret))])
+    b = 1.0 - 2.0 * encode_bits(info)
+    host = _soft(plane, secret)
+    marked, _ = _apply(plane, lo, hi, message, secret, amplitude)
+    p = b * (_soft(marked, secret) - host)
+    p = np.maximum(p, 0.25 * max(float(np.median(p)), 1e-9))
+    u = b * host / p
+    lo_g, hi_g = 2 / GAIN_UNIT, 15 / GAIN_UNIT
+    t_lo, t_hi = 0.0, 4.0
+    for _ in range(40):  # mean(g^2) grows with t: bisect for 1
+        t = 0.5 * (t_lo + t_hi)
+        if np.mean(np.clip(t - u, lo_g, hi_g) ** 2) > 1.0:
+            t_hi = t
+        else:
+            t_lo = t
+    q = np.clip(np.rint(GAIN_UNIT * np.clip(t_lo - u, lo_g, hi_g)), 2, 15).astype(np.uint8)
+    return q.tobytes()
+
+
 def embed_robust(
-    plane: np.ndarray, lo: int, hi: int, message: bytes, secret: bytes, amplitude: int | None = None
+    plane: np.ndarray,
+    lo: int,
+    hi: int,
+    message: bytes,
+    secret: bytes,
+    amplitude: int | None = None,
+    informed: bool = True,
 ) -> tuple[np.ndarray, RobustMark]:
     """Add the robust pattern carrying ``message`` to ``plane``.
 
@@ -168,6 +248,10 @@ def embed_robust(
         Strength in 1/16 stored units; default: :func:`strength_for`,
         searched (up to 6 tries, at most 2x) so the change measured on the 1st..99th percentile 8-bit
         window has rms :data:`TARGET_RMS_8BIT`.
+    informed : bool
+        Give each coded bit a gain that cancels the plane's own correlation
+        with it (:func:`_informed_gains`; stored in the mark). False: all
+        bits at unit gain, as version-1 marks.
 
     Returns
     -------
@@ -180,19 +264,23 @@ def embed_robust(
     plane = _check_plane(plane, lo, hi)
     if not isinstance(message, bytes) or len(message) != MESSAGE_BYTES:
         raise ValueError(f"message must be {MESSAGE_BYTES} bytes, got {message!r}")
+    fixed = amplitude is not None
     if amplitude is None:
         amplitude = _calibrate(plane, lo, hi, message, secret)
-    marked, skip = _apply(plane, lo, hi, message, secret, amplitude)
-    delta = _delta(plane.shape, message, amplitude, secret)
+    gains = _informed_gains(plane, lo, hi, message, secret, amplitude) if informed else b""
+    if gains and not fixed:
+        amplitude = _calibrate(plane, lo, hi, message, secret, gains)
+    marked, skip = _apply(plane, lo, hi, message, secret, amplitude, gains)
+    delta = _delta(plane.shape, message, amplitude, secret, gains)
     flags = skip[_ambiguous(marked, delta, lo, hi)]
     packed = zlib.compress(np.packbits(flags.astype(np.uint8)).tobytes(), 9) if flags.any() else b""
-    return marked, RobustMark(message=message, amplitude=int(amplitude), skipped=packed)
+    return marked, RobustMark(message=message, amplitude=int(amplitude), skipped=packed, gains=gains)
 
 
 def undo_robust(marked: np.ndarray, lo: int, hi: int, mark: RobustMark, secret: bytes) -> np.ndarray:
     """The plane :func:`embed_robust` was given, bit for bit."""
     marked = _check_plane(marked, lo, hi)
-    delta = _delta(marked.shape, mark.message, mark.amplitude, secret)
+    delta = _delta(marked.shape, mark.message, mark.amplitude, secret, mark.gains)
     ambiguous = _ambiguous(marked, delta, lo, hi)
     back = marked - delta
     # a chip whose undo would leave the range was certainly skipped
