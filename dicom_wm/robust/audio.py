@@ -50,8 +50,10 @@ Decoding (blind)
     to +-3), taken as it is and, second, weighted by the signal envelope
     (the mark is absent in pauses), upsampled 2x (half-sample resolution, for inputs cropped at another
     rate), folded modulo ``PERIOD`` and cyclically correlated (FFT) with the
-    key's sync chips: the peaks give the time shift, for any crop and any
-    start. At the four best-separated peaks of each, in order (at most
+    key's sync chips, and the energy of the coded bits' coherent chip sums
+    is taken at every shift (the bits are unknown, their chips' relative
+    signs are not): the peaks of the two z-scores' sum give the time shift,
+    for any crop and any start. At the four best-separated peaks of each, in order (at most
     :data:`MAX_AUDIO_DECODES` = 8 in all),
     the chips are matched-filtered, de-signed and summed per coded bit,
     Viterbi-decoded, and the message is returned only if its keyed 32-bit
@@ -512,6 +514,9 @@ class _AudioKey:
         self.chip = pos // _WIN
         sync = _chip_signs(None, secret)[self.chip] * self.window
         self.sync_fft = np.conj(np.fft.rfft(sync))
+        one = np.zeros(PERIOD * _UP)
+        one[: CHIP * _UP] = self.window[: CHIP * _UP]
+        self.chip_fft = np.conj(np.fft.rfft(one))
 
 
 def _fold(w: np.ndarray) -> np.ndarray:
@@ -524,10 +529,34 @@ def _fold(w: np.ndarray) -> np.ndarray:
     return acc.reshape(-1, p).sum(axis=0) / np.maximum(cnt.reshape(-1, p).sum(axis=0), 1.0)
 
 
+def _zscore(v: np.ndarray) -> np.ndarray:
+    return (v - v.mean()) / (float(v.std()) or 1.0)
+
+
+def _data_energy(spec: np.ndarray, key: _AudioKey, n: int) -> np.ndarray:
+    """Per shift: the energy of the coded bits' coherent chip sums (each
+    bit's three chips per period have known relative signs, the bit itself
+    is unknown), a sync statistic that uses the 90 % of the pattern the sync
+    chips do not."""
+    r = np.fft.irfft(spec * key.chip_fft, n=n)  # r[t]: chip matched filter starting at t
+    lay = key.layout
+    step = CHIP * _UP
+    energy = np.empty(n)
+    for s0 in range(0, n, 1024):
+        shifts = np.arange(s0, min(s0 + 1024, n))
+        c = r[(shifts[:, None] + step * lay.data[None, :]) % n] * lay.sign[lay.data]
+        b = c.reshape(shifts.size, -1, CODED_BITS).sum(axis=1)
+        energy[shifts] = np.sum(b * b, axis=1)
+    return energy
+
+
 def _sync_peaks(folded: np.ndarray, key: _AudioKey, k: int) -> list[tuple[float, int]]:
-    corr = np.fft.irfft(np.fft.rfft(folded) * key.sync_fft, n=folded.size)
-    sd = float(corr.std()) or 1.0
-    z = (corr - corr.mean()) / sd
+    """The ``k`` best shifts, best first, at least a chip apart: the sync
+    chips' correlation plus the data chips' energy (both as z-scores over
+    all shifts)."""
+    spec = np.fft.rfft(folded)
+    corr = np.fft.irfft(spec * key.sync_fft, n=folded.size)
+    z = _zscore(corr) + _zscore(_data_energy(spec, key, folded.size))
     out: list[tuple[float, int]] = []
     for i in np.argsort(z)[::-1]:
         # one candidate per peak: skip neighbours of a peak already taken
@@ -563,10 +592,11 @@ def _analyses(channels: np.ndarray, sample_rate: float) -> list[np.ndarray]:
 
     x = _canonical(channels, sample_rate)
     w = _whiten(x)
-    # envelope over 50 ms, relative to its 80th percentile, capped at 1
+    # weight: the square root of the envelope (50 ms rms) relative to its
+    # 80th percentile (measured better than the envelope itself, capped or not)
     env = np.sqrt(uniform_filter1d((x - x.mean()) ** 2, 400, mode="nearest"))
     ref = float(np.percentile(env, 80)) or 1.0
-    return [resample_poly(w, _UP, 1), resample_poly(w * np.minimum(env / ref, 1.0), _UP, 1)]
+    return [resample_poly(w, _UP, 1), resample_poly(w * np.sqrt(env / ref), _UP, 1)]
 
 
 def decode_audio_robust(samples: np.ndarray, sample_rate: float, secret: bytes) -> bytes | None:
