@@ -24,7 +24,10 @@ dropped frame only costs its share, and a foreign frame is weighed down:
    groups; the positive and the negative part of the 2nd and 3rd eigenvector
    each give one more weighted sum (frames of another message, inserted half
    and half, no longer cancel the message of the original frames).
-4. The few frames with the strongest sync are also decoded alone.
+4. The 8 frames with the strongest sync are also decoded alone: where the
+   scene is static, its residue and its compression artefacts repeat from
+   frame to frame and add up like the pattern, so the sum gains little, while
+   each frame is one more draw that may decode.
 5. **Shared geometry**: when none of that decodes, the frames of the most
    common shape are averaged and the single-image decoder
    (:func:`decode_robust`, with its autocorrelation search for scale and
@@ -35,11 +38,11 @@ False positives: every decode attempt is one keyed 32-bit check, which
 random soft bits pass with probability 2**-32. At most
 :data:`MAX_FRAME_DECODES` checks are made per key, whatever the number of
 frames (the number of frames changes only how much is summed, not how often a
-check is tried): 16 here (2 whitenings x (equal sum, sync-weighted sum, 4
-group sums, 2 single frames)) plus the single-image decoder's own
+check is tried): 28 here (2 whitenings x (equal sum, sync-weighted sum, 4
+group sums, 8 single frames)) plus the single-image decoder's own
 :data:`~dicom_wm.robust.detect.MAX_DECODES` on the average. So an unmarked
 cine, or one marked under another key, decodes with probability at most
-``MAX_FRAME_DECODES * 2**-32`` per key tried (5.6e-9 with MAX_DECODES = 8;
+``MAX_FRAME_DECODES * 2**-32`` per key tried (8.4e-9 with MAX_DECODES = 8;
 tests/test_robust_frames.py asserts it stays <= 1e-6).
 
 Work is bounded: each frame is centre-cropped to at most ``_SIDE`` x
@@ -77,7 +80,9 @@ __all__ = ["MAX_FRAME_DECODES", "FrameStack", "FramesDecode", "decode_robust_fra
 _SIDE = 512  # per-frame centre crop (canonical samples per side)
 _BUDGET = 1 << 25  # samples whitened per variant over all frames (128 frames of 512^2)
 _EIGEN = 2  # eigenvectors after the leading one whose two signed parts are tried
-_SINGLE = 2  # frames decoded alone, per variant (the strongest sync peaks)
+_SINGLE = 8  # frames decoded alone, per variant (the strongest sync peaks): when
+# content and compression artefacts repeat from frame to frame (a static scene)
+# the sum gains little, and one of several frames may still decode
 # per variant: equal sum, sync-weighted sum, 2 * _EIGEN eigen-weighted sums, _SINGLE frames
 _PER_VARIANT = 2 + 2 * _EIGEN + _SINGLE
 # two variants (classical, learned) plus the single-image decoder on the average
