@@ -95,7 +95,7 @@ def robust_only_snr(ds, message: bytes) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--trials", type=int, default=40, help="trials per stored format")
+    ap.add_argument("--trials", type=int, default=30, help="trials per stored format")
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--formats", default="MB,AB,SS")
     ap.add_argument("--linear-snr", type=float, default=ra.TARGET_SNR_DB, help="mark SNR of linear (SS) audio, dB")
