@@ -103,11 +103,11 @@ class Settings(BaseSettings):
     predictor: Predictor = Predictor.CLASSIC
     device: Device = Field(Device.AUTO, description="learned predictor: auto (CUDA when available), cpu or cuda")
     batch_size: int = Field(
-        1, ge=1, le=1024, description="embedded pool: instances per task; >1 predicts their planes in shared "
-        "forward passes (learned predictor; the gpu queue's mode)"
+        1, ge=1, le=1024, description="instances per task (embedded pool) or per embed_batch message serve sends "
+        "(distributed); >1 predicts their planes in shared forward passes (learned predictor; the gpu queue's mode)"
     )
     batch_wait_ms: float = Field(
-        50.0, ge=0, le=60000, description="embedded pool: wait at most this long for a batch to fill"
+        50.0, ge=0, le=60000, description="wait at most this long for a batch to fill (pool, or serve's dispatcher)"
     )
     roi_lossless: bool = Field(False, description="walk the detected body last (unchanged when the rest suffices)")
     robust: bool = Field(False, description="add the robust leak-tracing layer under the reversible one")

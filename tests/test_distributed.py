@@ -11,14 +11,20 @@ import json
 import os
 import random
 import subprocess
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
+import pydicom
 import pytest
+from pydicom.uid import generate_uid
+from sqlalchemy import select
 
 from ingest_support import (
     FULL_STUDY,
     FreshPostgres,
     ServiceProcess,
+    StudyFile,
     build_study,
     check_ingest,
     dcmtk_storescu,
@@ -27,6 +33,7 @@ from ingest_support import (
     require_services,
     rows_by_sop,
     send_with_dcmtk,
+    source_file,
     send_with_pynetdicom,
     wait_all_final,
     wait_for_echo,
@@ -63,23 +70,27 @@ def _storescu() -> str:
     return path
 
 
-def _start(tmp_path: Path, url: str, broker: str, port: int, workers: int, env: dict[str, str] | None = None):
+def _start(tmp_path: Path, url: str, broker: str, port: int, workers: int, env: dict[str, str] | None = None,
+           serve_args: tuple[str, ...] = (), worker_args: tuple[str, ...] = ()):
     data = tmp_path / "data"
     upgrade = _cli("db", "upgrade", "--db", url, "--data-dir", str(data))
     assert upgrade.returncode == 0, upgrade.stderr
     serve = ServiceProcess(
-        ["serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data), "--db", url, "--broker", broker],
+        ["serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data), "--db", url, "--broker", broker,
+         *serve_args],
         tmp_path / "serve.log", env,
     )
     wait_for_echo(port, timeout=60, proc=serve.proc)  # serve has created the key store by now
-    started = [_worker(tmp_path, url, broker, f"worker{i}", env) for i in range(workers)]
+    started = [_worker(tmp_path, url, broker, f"worker{i}", env, worker_args) for i in range(workers)]
     return data, serve, started
 
 
-def _worker(tmp_path: Path, url: str, broker: str, name: str, env: dict[str, str] | None = None) -> ServiceProcess:
+def _worker(tmp_path: Path, url: str, broker: str, name: str, env: dict[str, str] | None = None,
+            extra: tuple[str, ...] = ()) -> ServiceProcess:
+    queues = () if "--queues" in extra else ("--queues", "embed,gpu")
     return ServiceProcess(
-        ["worker", "--data-dir", str(tmp_path / "data"), "--db", url, "--broker", broker, "--queues", "embed,gpu",
-         "--concurrency", "1"],
+        ["worker", "--data-dir", str(tmp_path / "data"), "--db", url, "--broker", broker, *queues,
+         "--concurrency", "1", *extra],
         tmp_path / f"{name}.log", env,
     )
 
@@ -143,3 +154,63 @@ def test_kill_9_worker_mid_study(tmp_path: Path, services) -> None:
         for p in (serve, first, second):
             if p is not None:
                 p.stop()
+
+
+def _crops(out_dir: Path, count: int) -> list[StudyFile]:
+    """``count`` small instances of one series with real texture (128² CT and
+    144² MR crops of held-out images, two shapes and bit depths): the learned
+    predictor on the CPU handles them in well under a second each."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    study_uid, series_uid = generate_uid(), generate_uid()
+    sources = [("693_UNCR.dcm", 128), ("MR2_UNCR.dcm", 144)]
+    files = []
+    for k in range(count):
+        name, size = sources[k % 2]
+        ds = pydicom.dcmread(source_file(name))
+        r, c = (160 + 20 * k, 150 + 10 * k) if size == 128 else (500, 300 - 8 * k)
+        ds.PixelData = np.ascontiguousarray(ds.pixel_array[r : r + size, c : c + size]).tobytes()
+        ds.Rows = ds.Columns = size
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        path = out_dir / f"{k:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        files.append(StudyFile(path, name, "crops", str(ds.SOPInstanceUID), True))
+    return files
+
+
+def test_gpu_queue_batches_instances_distributed(tmp_path: Path, services) -> None:
+    """serve --batch-size 4 sends the gpu queue's ids in groups, one
+    embed_batch message each; a learned-predictor worker on the gpu queue
+    (device cpu stands in for cuda) predicts each group's planes in shared
+    passes. Every instance ends watermarked (the SR skipped) exactly once and
+    restores; the events show the batches."""
+    from dicom_wm.db import Event, get_sessionmaker
+
+    url, broker = services
+    files = _crops(tmp_path / "study", 8) + build_study(tmp_path / "sr", (("sr", "SR", (("reportsi.dcm", 1),)),))
+    port = free_port()
+    data, serve, (worker,) = _start(
+        tmp_path, url, broker, port, workers=1, env={"DICOM_WM_QUEUE": "gpu"},
+        serve_args=("--batch-size", "4", "--batch-wait-ms", "3000"),
+        worker_args=("--queues", "gpu", "--predictor", "learned", "--device", "cpu"),
+    )
+    try:
+        assert send_with_pynetdicom(port, [f.path for f in files]) == [0] * len(files)
+        wait_all_final(url, len(files), timeout=120, procs=[serve, worker])
+        counts = check_ingest(url, data, files, data / "keys.json")
+        assert (counts["WATERMARKED"], counts["SKIPPED"]) == (8, 1)
+        with get_sessionmaker(url)() as s:
+            events = list(s.scalars(select(Event).order_by(Event.id)))
+        queued = [e for e in events if e.kind == "queued"]
+        assert len(queued) == len(files) and {e.details["queue"] for e in queued} == {"gpu"}
+        done = [e.details for e in events if e.kind == "watermarked"]
+        assert len(done) == 8 and {d["device"] for d in done} == {"cpu"}
+        batched = [d for d in done if "batch_instances" in d]
+        sizes = Counter(d["batch_instances"] for d in batched)
+        # groups of at most 4 ids; at least one full group of 4 image instances
+        assert max(sizes) == 4 and all(1 <= n <= 4 for n in sizes), sizes
+        assert all(d["batched_planes"] >= 1 for d in batched if d["batch_instances"] > 1)
+        assert "dicom_wm.embed_batch" in worker.log_text()
+    finally:
+        for p in (serve, worker):
+            p.stop()

@@ -172,3 +172,96 @@ def test_reception_first_never_holds_longer_than_the_cap(sessions) -> None:
         wait_until(lambda: sorted(backend.ids()) == ids, 10, what="all work")
     finally:
         d.stop()
+
+
+# -- groups (distributed batches) ---------------------------------------------------------
+
+
+class FakeGroupBackend(FakeBackend):
+    """Records single submissions and groups separately."""
+
+    def __init__(self, fail_groups: bool = False) -> None:
+        super().__init__()
+        self.fail_groups = fail_groups
+        self.groups: list[list[int]] = []
+
+    def submit_group(self, instance_ids) -> None:
+        if self.fail_groups:
+            raise ConnectionError("broker down")
+        with self.lock:
+            self.groups.append(list(instance_ids))
+
+    def all_ids(self) -> list[int]:
+        with self.lock:
+            return sorted([i for _t, i in self.submitted] + [i for g in self.groups for i in g])
+
+
+def test_groups_of_group_size_and_a_lone_rest(sessions) -> None:
+    """7 ids at once, groups of 3, nothing more arrives: two groups of 3 (in
+    id order), the 7th alone through submit, after waiting for more."""
+    ids = _rows(sessions, 7)
+    backend = FakeGroupBackend()
+    d = Dispatcher(sessions, backend, group_size=3, group_wait_s=0.4)
+    for i in ids:
+        d.enqueue(i)
+    started = time.monotonic()
+    d.start(requeue_pending=False)
+    try:
+        wait_until(lambda: backend.all_ids() == ids, 10, what="every id submitted")
+    finally:
+        d.stop()
+    assert backend.groups == [ids[0:3], ids[3:6]]
+    assert backend.ids() == [ids[6]]
+    assert min(t for t, _i in backend.submitted) - started >= 0.35  # waited for a third member
+    assert _states(sessions) == ["QUEUED"] * 7
+
+
+def test_groups_fill_from_a_trickle(sessions) -> None:
+    """ids arriving one by one (as from an association) are collected into
+    full groups instead of going out one at a time."""
+    ids = _rows(sessions, 8)
+    backend = FakeGroupBackend()
+    d = Dispatcher(sessions, backend, group_size=4, group_wait_s=2.0)
+    d.start(requeue_pending=False)
+    try:
+        for i in ids:
+            d.enqueue(i)
+            time.sleep(0.05)
+        wait_until(lambda: backend.all_ids() == ids, 10, what="every id submitted")
+    finally:
+        d.stop()
+    assert backend.groups == [ids[0:4], ids[4:8]] and backend.ids() == []
+
+
+def test_group_size_one_submits_one_by_one(sessions) -> None:
+    ids = _rows(sessions, 3)
+    backend = FakeGroupBackend()
+    d = Dispatcher(sessions, backend, group_size=1, group_wait_s=1.0)
+    d.start(requeue_pending=False)
+    try:
+        d.enqueue_many(ids, "test")
+        wait_until(lambda: sorted(backend.ids()) == ids, 10, what="every id submitted")
+    finally:
+        d.stop()
+    assert backend.groups == []
+
+
+def test_refused_group_leaves_all_its_rows_received(sessions) -> None:
+    ids = _rows(sessions, 4)
+    d = Dispatcher(sessions, FakeGroupBackend(fail_groups=True), group_size=4, group_wait_s=0.1)
+    for i in ids:
+        d.enqueue(i)
+    d.start(requeue_pending=False)
+    try:
+        wait_until(lambda: _states(sessions) == ["RECEIVED"] * 4 and d.wait_idle(0.1), 10, what="rows back")
+    finally:
+        d.stop()
+    with sessions() as s:
+        assert all("could not queue on fake" in (e or "") for e in s.scalars(select(Instance.last_error)))
+
+
+def test_group_size_needs_a_backend_that_takes_groups(sessions) -> None:
+    with pytest.raises(TypeError, match="submit_group"):
+        Dispatcher(sessions, FakeBackend(), group_size=2)
+    with pytest.raises(ValueError, match="group_size 0"):
+        Dispatcher(sessions, FakeGroupBackend(), group_size=0)

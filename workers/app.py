@@ -1,22 +1,28 @@
 """The Celery app: explicit queues, late acks, one task at a time per process.
 
-``embed`` is the CPU queue, ``gpu`` the GPU one (the same task; a GPU worker
-is a ``dicom-wm worker --queues gpu`` on a machine where torch sees a
-device). Queues are never created implicitly. Messages carry instance ids
-only; the database is the source of truth, so a lost message only delays an
-instance until serve re-queues it.
+``embed`` is the CPU queue, ``gpu`` the GPU one (the same tasks; a GPU worker
+is a ``dicom-wm worker --queues gpu --predictor learned --device cuda`` on a
+machine where torch sees a device). Queues are never created implicitly.
+Messages carry instance ids only; the database is the source of truth, so a
+lost message only delays an instance until serve re-queues it.
+
+Two tasks: ``dicom_wm.embed`` (one id) and ``dicom_wm.embed_batch`` (a list
+of ids, predicted together; serve sends those when ``batch_size > 1``).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from celery import Celery
 from kombu import Queue
 
 from dicom_wm.settings import KNOWN_QUEUES, Settings
 
-__all__ = ["app", "configure", "EMBED_TASK", "CeleryBackend"]
+__all__ = ["app", "configure", "EMBED_TASK", "EMBED_BATCH_TASK", "CeleryBackend"]
 
 EMBED_TASK = "dicom_wm.embed"
+EMBED_BATCH_TASK = "dicom_wm.embed_batch"
 
 app = Celery("dicom_wm")
 
@@ -65,7 +71,9 @@ def settings() -> Settings:
 
 
 class CeleryBackend:
-    """The dispatcher backend of the distributed mode: one message per id."""
+    """The dispatcher backend of the distributed mode: one ``embed`` message
+    per id, or one ``embed_batch`` message per group of ids (the dispatcher
+    forms the groups, ``Dispatcher(group_size=settings.batch_size)``)."""
 
     name = "celery"
 
@@ -74,7 +82,11 @@ class CeleryBackend:
         self._queue = settings.queue
 
     def submit(self, instance_id: int) -> None:
-        app.send_task(EMBED_TASK, args=[instance_id], queue=self._queue, routing_key=self._queue)
+        app.send_task(EMBED_TASK, args=[int(instance_id)], queue=self._queue, routing_key=self._queue)
+
+    def submit_group(self, instance_ids: Sequence[int]) -> None:
+        ids = [int(i) for i in instance_ids]
+        app.send_task(EMBED_BATCH_TASK, args=[ids], queue=self._queue, routing_key=self._queue)
 
     def close(self) -> None:
         app.pool.force_close_all()

@@ -51,10 +51,11 @@ DeviceOpt = Annotated[
 ]
 BatchSizeOpt = Annotated[
     int | None,
-    typer.Option("--batch-size", help="embedded pool: instances per task, predicted in shared passes (default 1)"),
+    typer.Option("--batch-size", help="instances per task (embedded pool) or per embed_batch message (--broker), "
+                 "predicted in shared passes (default 1)"),
 ]
 BatchWaitOpt = Annotated[
-    float | None, typer.Option("--batch-wait-ms", help="embedded pool: longest wait for a batch to fill (default 50)")
+    float | None, typer.Option("--batch-wait-ms", help="longest wait for a batch to fill (default 50)")
 ]
 RoiOpt = Annotated[
     bool | None,
@@ -131,9 +132,6 @@ def serve(
     _logging(settings)
     if settings.embedded:
         _check_predictor(settings)
-    elif settings.batch_size > 1:
-        log.warning("batch_size %d applies to the embedded pool only; Celery workers take one instance per task",
-                    settings.batch_size)
     from dicom_wm.db.engine import get_sessionmaker
     from dicom_wm.errors import KeyStoreError
     from dicom_wm.ingest.dispatch import Dispatcher, pending_instance_ids
@@ -166,6 +164,9 @@ def serve(
         # reception first only where the workers share this machine
         quiet_s=settings.reception_quiet_s if settings.embedded else 0.0,
         max_hold_s=settings.reception_max_hold_s,
+        # distributed: groups of batch_size ids, one embed_batch message each (the pool batches by itself)
+        group_size=1 if settings.embedded else settings.batch_size,
+        group_wait_s=settings.batch_wait_ms / 1000.0,
     )
     if settings.embedded:
         backend.set_on_broken(lambda: dispatcher.enqueue_many(pending_instance_ids(sessions), "pool restart"))

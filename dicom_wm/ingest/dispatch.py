@@ -6,6 +6,11 @@ dispatcher thread marks the rows QUEUED (one transaction per batch, with
 ``queued`` events) and hands the ids to the backend: the embedded pool
 (:mod:`dicom_wm.ingest.pool`) or Celery (:mod:`workers.app`).
 
+With ``group_size > 1`` (the distributed gpu queue's mode) the ids go to the
+backend in groups of up to ``group_size`` (:meth:`GroupBackend.submit_group`,
+one Celery message per group); the thread waits up to ``group_wait_s`` after
+taking an id for enough more to fill the group.
+
 The database is the source of truth. On start every row not in a final state
 is queued again; every ``reconcile_interval_s`` rows left RECEIVED (the
 backend refused them, e.g. the broker was down) and rows WATERMARKING for
@@ -19,7 +24,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import Protocol
 
@@ -30,7 +35,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicom_wm.db.models import PENDING_STATES, EventKind, Instance, InstanceState, utcnow
 from dicom_wm.ingest.events import add_event
 
-__all__ = ["Backend", "Dispatcher", "pending_instance_ids", "stuck_instance_ids"]
+__all__ = ["Backend", "GroupBackend", "Dispatcher", "pending_instance_ids", "stuck_instance_ids"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +52,13 @@ class Backend(Protocol):
     def submit(self, instance_id: int) -> None: ...
 
     def close(self) -> None: ...
+
+
+class GroupBackend(Backend, Protocol):
+    """A backend that also takes several ids in one submission (all or
+    none: when ``submit_group`` raises, every id of the group stays RECEIVED)."""
+
+    def submit_group(self, instance_ids: Sequence[int]) -> None: ...
 
 
 def pending_instance_ids(sessions: sessionmaker[Session]) -> list[int]:
@@ -92,7 +104,15 @@ class Dispatcher:
         stale_after_s: float = 900.0,
         quiet_s: float = 0.0,
         max_hold_s: float = 10.0,
+        group_size: int = 1,
+        group_wait_s: float = 0.0,
     ) -> None:
+        if group_size < 1:
+            raise ValueError(f"group_size {group_size} must be at least 1")
+        if group_wait_s < 0:
+            raise ValueError(f"group_wait_s {group_wait_s} must not be negative")
+        if group_size > 1 and not callable(getattr(backend, "submit_group", None)):
+            raise TypeError(f"group_size {group_size}: backend {backend.name!r} has no submit_group")
         self._sessions = sessions
         self._backend = backend
         self._queue_name = queue_name
@@ -101,6 +121,11 @@ class Dispatcher:
         self._stale_after_s = stale_after_s
         self._quiet_s = quiet_s
         self._max_hold_s = max_hold_s
+        self._group_size = group_size
+        self._group_wait_s = group_wait_s
+        # ids marked QUEUED per transaction: whole groups, so a chunk boundary
+        # does not split one
+        self._chunk = max(group_size, _BATCH // group_size * group_size)
         self._last_enqueue = 0.0
         self._ids: queue.Queue[tuple[int, str | None]] = queue.Queue()
         self._stop = threading.Event()
@@ -166,8 +191,9 @@ class Dispatcher:
             batch = self._take_batch(timeout=0.2)
             if batch:
                 self._hold_while_receiving(batch)
-                for start in range(0, len(batch), _BATCH):
-                    self._dispatch(batch[start : start + _BATCH])
+                self._fill_groups(batch)
+                for start in range(0, len(batch), self._chunk):
+                    self._dispatch(batch[start : start + self._chunk])
             elif self._ids.empty():
                 self._idle.set()
             if time.monotonic() >= next_reconcile:
@@ -194,6 +220,21 @@ class Dispatcher:
                 except queue.Empty:
                     break
 
+    def _fill_groups(self, batch: list[tuple[int, str | None]]) -> None:
+        """With groups: keep collecting until the ids split into full groups,
+        for at most ``group_wait_s`` from now (the first id was just taken)."""
+        if self._group_size <= 1 or self._group_wait_s <= 0:
+            return
+        deadline = time.monotonic() + self._group_wait_s
+        while len(batch) % self._group_size and not self._stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            try:
+                batch.append(self._ids.get(timeout=min(remaining, 0.05)))
+            except queue.Empty:
+                continue
+
     def _take_batch(self, timeout: float) -> list[tuple[int, str | None]]:
         try:
             first = self._ids.get(timeout=timeout)
@@ -217,14 +258,23 @@ class Dispatcher:
             log.error("could not mark %d instance(s) QUEUED: %s", len(ids), exc)
             return
         failed: list[int] = []
-        for instance_id in ids:
+        for group in self._groups(ids):
             try:
-                self._backend.submit(instance_id)
+                if len(group) == 1:
+                    self._backend.submit(group[0])
+                else:
+                    self._backend.submit_group(group)  # type: ignore[attr-defined]  # checked in __init__
             except Exception as exc:  # the broker being down must not kill the thread
-                log.error("could not queue instance %d on %s: %s", instance_id, self._backend.name, exc)
-                failed.append(instance_id)
+                log.error("could not queue instance(s) %s on %s: %s", _ids_text(group), self._backend.name, exc)
+                failed.extend(group)
         if failed:
             self._unmark(failed)
+
+    def _groups(self, ids: list[int]) -> list[list[int]]:
+        """``ids`` in submission units: one id each, or groups of up to
+        ``group_size`` (a lone id is submitted alone)."""
+        n = self._group_size
+        return [ids[start : start + n] for start in range(0, len(ids), n)]
 
     def _mark_queued(self, ids: list[int], reasons: dict[int, str | None]) -> list[int]:
         """Mark RECEIVED rows QUEUED, add the events; returns the ids still pending."""
@@ -264,3 +314,7 @@ class Dispatcher:
                 session.commit()
         except SQLAlchemyError as exc:
             log.error("could not put %d instance(s) back to RECEIVED: %s", len(ids), exc)
+
+
+def _ids_text(ids: Sequence[int]) -> str:
+    return str(ids[0]) if len(ids) == 1 else f"{ids[0]}..{ids[-1]} ({len(ids)})"
