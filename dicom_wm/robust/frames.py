@@ -23,7 +23,8 @@ dropped frame only costs its share, and a foreign frame is weighed down:
    eigenvectors of the frames' soft-bit Gram matrix split the frames into
    groups; the positive and the negative part of the 2nd and 3rd eigenvector
    each give one more weighted sum (frames of another message, inserted half
-   and half, no longer cancel the message of the original frames).
+   and half, no longer cancel the message of the original frames). Each sum
+   is list-decoded: the 16 best Viterbi paths are checked in turn.
 4. The 8 frames with the strongest sync are also decoded alone: where the
    scene is static, its residue and its compression artefacts repeat from
    frame to frame and add up like the pattern, so the sum gains little, while
@@ -38,12 +39,13 @@ False positives: every decode attempt is one keyed 32-bit check, which
 random soft bits pass with probability 2**-32. At most
 :data:`MAX_FRAME_DECODES` checks are made per key, whatever the number of
 frames (the number of frames changes only how much is summed, not how often a
-check is tried): 28 here (2 whitenings x (equal sum, sync-weighted sum, 4
-group sums, 8 single frames)) plus the single-image decoder's own
-:data:`~dicom_wm.robust.detect.MAX_DECODES` on the average. So an unmarked
-cine, or one marked under another key, decodes with probability at most
-``MAX_FRAME_DECODES * 2**-32`` per key tried (8.4e-9 with MAX_DECODES = 8;
-tests/test_robust_frames.py asserts it stays <= 1e-6).
+check is tried): per whitening, 6 sums (equal, sync-weighted, 4 groups) each
+list-decoded to its 16 best Viterbi paths, and 8 single frames, so 2 x 104 =
+208 here, plus the single-image decoder's own
+:data:`~dicom_wm.robust.detect.MAX_DECODES` (512 when this was written) on the
+average. So an unmarked cine, or one marked under another key, decodes with
+probability at most ``MAX_FRAME_DECODES * 2**-32`` per key tried (720 checks:
+1.7e-7; tests/test_robust_frames.py asserts it stays <= 1e-6).
 
 Work is bounded: each frame is centre-cropped to at most ``_SIDE`` x
 ``_SIDE`` samples on the tile grid, and when the frames together exceed
@@ -60,7 +62,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dicom_wm.robust.code import CODED_BITS, bits_of, check_bytes, encode_bits
+from dicom_wm.robust.code import CODED_BITS, bits_of, bytes_of, check_bytes, encode_bits, viterbi_list_decode
 from dicom_wm.robust.detect import (
     MAX_DECODES,
     _decode,
@@ -83,8 +85,10 @@ _EIGEN = 2  # eigenvectors after the leading one whose two signed parts are trie
 _SINGLE = 8  # frames decoded alone, per variant (the strongest sync peaks): when
 # content and compression artefacts repeat from frame to frame (a static scene)
 # the sum gains little, and one of several frames may still decode
-# per variant: equal sum, sync-weighted sum, 2 * _EIGEN eigen-weighted sums, _SINGLE frames
-_PER_VARIANT = 2 + 2 * _EIGEN + _SINGLE
+_LIST = 16  # Viterbi paths checked per sum over frames (a list decode)
+# per variant: equal sum, sync-weighted sum, 2 * _EIGEN eigen-weighted sums
+# (each a list decode), _SINGLE frames (each one plain decode)
+_PER_VARIANT = (2 + 2 * _EIGEN) * _LIST + _SINGLE
 # two variants (classical, learned) plus the single-image decoder on the average
 MAX_FRAME_DECODES = 2 * _PER_VARIANT + MAX_DECODES
 _N = PERIOD // CHIP
@@ -175,6 +179,18 @@ def _support(soft: np.ndarray, message: bytes, key: _Key) -> np.ndarray:
     norm = np.linalg.norm(centred, axis=1)
     norm[norm == 0] = 1.0
     return (soft @ signs) / norm
+
+
+def _decode_list(folded: np.ndarray, shift: tuple[int, int], key: _Key) -> tuple[bytes | None, int]:
+    """The first of the ``_LIST`` best Viterbi paths whose keyed check matches, and the checks made."""
+    soft = _soft(folded[None], shift, key)[0]
+    checks = 0
+    for bits in viterbi_list_decode(soft / (float(soft.std()) or 1.0), _LIST):
+        checks += 1
+        message = bytes_of(bits[:64])
+        if bytes_of(bits[64:96]) == check_bytes(message, key.secret):
+            return message, checks
+    return None, checks
 
 
 def _weight_sets(soft: np.ndarray, z: np.ndarray) -> list[tuple[str, np.ndarray]]:
@@ -275,21 +291,39 @@ def decode_frames_detail(frames: FrameStack | Sequence[np.ndarray] | np.ndarray,
         _, shift = _sync(tiles.sum(axis=0), key)
         z = _sync_z(tiles, shift, key)
         soft = _soft(tiles, shift, key)
-        for how, w in _weight_sets(soft, z):
+        # the sums over all frames speak for the majority: the first to decode wins
+        sets = _weight_sets(soft, z)
+        for how, w in sets[:2]:
             if not w.any():
                 continue
             agg = np.tensordot(w, tiles, axes=1)
             _, s = _sync(agg, key)
-            attempts += 1
-            msg = _decode(agg, s, key)
+            msg, checks = _decode_list(agg, s, key)
+            attempts += checks
             if msg is not None:
                 return found(msg, tiles, s, f"{variant} {how}")
+        # groups and single frames may find a minority's message (frames of
+        # another message inserted): all are tried, the message carried by
+        # the most frames is kept
+        hits: list[FramesDecode] = []
+        for how, w in sets[2:]:
+            if not w.any():
+                continue
+            agg = np.tensordot(w, tiles, axes=1)
+            _, s = _sync(agg, key)
+            msg, checks = _decode_list(agg, s, key)
+            attempts += checks
+            if msg is not None and all(h.message != msg for h in hits):
+                hits.append(found(msg, tiles, s, f"{variant} {how}"))
         for i in np.argsort(z)[::-1][:_SINGLE]:
             _, s = _sync(tiles[i], key)
             attempts += 1
             msg = _decode(tiles[i], s, key)
-            if msg is not None:
-                return found(msg, tiles, s, f"{variant} frame")
+            if msg is not None and all(h.message != msg for h in hits):
+                hits.append(found(msg, tiles, s, f"{variant} frame"))
+        if hits:
+            best = max(hits, key=lambda h: len(h.frames))  # first of the best on a tie
+            return FramesDecode(best.message, best.frames, best.how, attempts)
     # a geometry shared by all frames (a resized / rotated export): the
     # single-image decoder on the average of the frames of the commonest shape
     mean = stack.mean()
@@ -320,8 +354,9 @@ def decode_robust_frames(frames: FrameStack | Sequence[np.ndarray] | np.ndarray,
         The message, only when its keyed 32-bit check matches; at most
         :data:`MAX_FRAME_DECODES` checks are tried, so an unmarked cine
         decodes with probability <= ``MAX_FRAME_DECODES * 2**-32`` per key.
-        When the frames carry two messages the one found first is returned
-        (the sum over all frames, i.e. the majority, before the groups).
+        When the frames carry two messages, the one the sum over all frames
+        decodes to (the majority) is returned; failing that, of those the
+        groups and single frames decode to, the one carried by the most frames.
     """
     found = decode_frames_detail(frames, secret)
     return None if found is None else found.message
