@@ -191,7 +191,9 @@ def _soft(image: np.ndarray, secret: bytes) -> np.ndarray:
     return detect._soft_bits(detect._fold(w, valid), (0, 0), detect._Key(secret))
 
 
-def _informed_gains(plane: np.ndarray, lo: int, hi: int, message: bytes, secret: bytes, amplitude: int) -> bytes:
+def _informed_gains(
+    plane: np.ndarray, lo: int, hi: int, message: bytes, secret: bytes, amplitude: int, energy: float = 1.0
+) -> bytes:
     """Per-coded-bit gains that cancel the host image's own correlation with
     each coded bit (informed embedding, as in improved spread spectrum).
 
@@ -199,8 +201,9 @@ def _informed_gains(plane: np.ndarray, lo: int, hi: int, message: bytes, secret:
     what the unmarked plane correlates with bit j's chips, ``p_j`` what the
     pattern at unit gain adds. Gains ``g_j = t - b_j h_j / p_j`` (``b_j`` the
     bit's sign), clipped to 2..15 eighths, give every bit the same margin
-    ``t``, with ``t`` chosen so the mean squared gain is 1 (the same energy,
-    which :func:`_calibrate` then sets exactly). On textured 8-bit images
+    ``t``, with ``t`` chosen so the mean squared gain is ``energy`` (1: the
+    same energy, which :func:`_calibrate` then sets; a little more fills the
+    step left by the amplitude's 1/16-unit granularity on 8-bit planes). On textured 8-bit images
     (ultrasound speckle) the host term is the main interference; where it is
     small the gains stay close to 1.
     """
@@ -213,14 +216,33 @@ def _informed_gains(plane: np.ndarray, lo: int, hi: int, message: bytes, secret:
     u = b * host / p
     lo_g, hi_g = 2 / GAIN_UNIT, 15 / GAIN_UNIT
     t_lo, t_hi = 0.0, 4.0
-    for _ in range(40):  # mean(g^2) grows with t: bisect for 1
+    for _ in range(40):  # mean(g^2) grows with t: bisect for energy
         t = 0.5 * (t_lo + t_hi)
-        if np.mean(np.clip(t - u, lo_g, hi_g) ** 2) > 1.0:
+        if np.mean(np.clip(t - u, lo_g, hi_g) ** 2) > energy:
             t_hi = t
         else:
             t_lo = t
     q = np.clip(np.rint(GAIN_UNIT * np.clip(t_lo - u, lo_g, hi_g)), 2, 15).astype(np.uint8)
     return q.tobytes()
+
+
+def _fill_energy(
+    plane: np.ndarray, lo: int, hi: int, message: bytes, secret: bytes, amplitude: int, gains: bytes
+) -> bytes:
+    """Gains scaled up (up to 3 tries) towards the rendered-rms limit that the
+    1/16-unit amplitude step could not reach (on an 8-bit plane one step is
+    ~0.13 rms levels, ~0.8 dB); never above the limit."""
+    limit = TARGET_RMS_8BIT * _RMS_TOLERANCE
+    rms = _rendered_rms(plane, _apply(plane, lo, hi, message, secret, amplitude, gains)[0])
+    if rms <= 0 or rms >= 0.98 * limit:
+        return gains
+    energy = min((0.995 * limit / rms) ** 2, 1.5)
+    for _ in range(3):
+        trial = _informed_gains(plane, lo, hi, message, secret, amplitude, energy)
+        if _rendered_rms(plane, _apply(plane, lo, hi, message, secret, amplitude, trial)[0]) <= limit:
+            return trial
+        energy = 1.0 + 0.5 * (energy - 1.0)
+    return gains
 
 
 def embed_robust(
@@ -270,6 +292,7 @@ def embed_robust(
     gains = _informed_gains(plane, lo, hi, message, secret, amplitude) if informed else b""
     if gains and not fixed:
         amplitude = _calibrate(plane, lo, hi, message, secret, gains)
+        gains = _fill_energy(plane, lo, hi, message, secret, amplitude, gains)
     marked, skip = _apply(plane, lo, hi, message, secret, amplitude, gains)
     delta = _delta(plane.shape, message, amplitude, secret, gains)
     flags = skip[_ambiguous(marked, delta, lo, hi)]
