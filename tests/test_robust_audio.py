@@ -108,6 +108,22 @@ def test_unmarked_and_wrong_key_decode_to_none(seed: int) -> None:
     assert decode_audio_robust(_linear(res.dataset), 8000, bytes([seed]) * 32) is None
 
 
+def test_decode_attempts_are_bounded(monkeypatch) -> None:
+    import dicom_wm.robust.audio as ra
+
+    calls = []
+    real = ra._decode_soft
+
+    def counting(soft, secret):
+        calls.append(1)
+        return real(soft, secret)
+
+    monkeypatch.setattr(ra, "_decode_soft", counting)
+    assert decode_audio_robust(speech_like(5.0, seed=3).astype(np.float64), 8000, SECRET) is None
+    assert len(calls) == ra.MAX_AUDIO_DECODES
+    assert ra.MAX_AUDIO_DECODES * 2.0**-32 <= 1e-6
+
+
 def test_embed_undo_with_clipping_and_padding_is_exact() -> None:
     # a loud, clipped signal with a padding value at the bottom of the range
     x = np.clip(speech_like(3.0, seed=5, peak=1.4), -32767, 32767)
