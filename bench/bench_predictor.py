@@ -1,12 +1,13 @@
-"""Benchmark: learned vs classic predictor on the held-out images.
+"""Benchmark: learned (and forward-adaptive) vs classic predictor on the held-out images.
 
     python bench/bench_predictor.py                # held-out split, markdown tables
     python bench/bench_predictor.py --threads 2 --speed-slices 8
     python bench/bench_predictor.py --device cuda  # the same, plus batched throughput on the GPU
     python bench/bench_predictor.py --speed-only   # throughput tables only
 
-For every held-out file of dicom_wm.models.corpus and both predictors, in
-one run: single-layer capacity (A-lattice carriers e in {0, -1} on the positions
+For every held-out file of dicom_wm.models.corpus and four predictors
+(classic, learned, learned-adaptive, classic-adaptive: the adaptive ones fit
+their per-plane weights on the image, as embed does), in one run: single-layer capacity (A-lattice carriers e in {0, -1} on the positions
 the engine's walk_order makes walkable), and PSNR (peak 2**BitsStored - 1) and
 max |delta| after embedding a random payload of 0.01, 0.05, 0.1, 0.2 bpp and
 of the full capacity, with the engine's own walk and embed
@@ -39,6 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dicom_wm.engine.adaptive import AdaptiveFitter  # noqa: E402
 from dicom_wm.engine.histogram_shift import carrier_mask, embed_walk, walk_order  # noqa: E402
 from dicom_wm.engine.learned import LearnedPredictor, load_learned_predictor  # noqa: E402
 from dicom_wm.engine.predictors import ClassicRhombus, PrecomputedPredictor, Predictor, predict_many  # noqa: E402
@@ -72,10 +74,9 @@ def _walk_length(carriers: np.ndarray, bits: int) -> int:
 def evaluate(im: CorpusImage, predictor: Predictor, rng_seed: int = 0) -> Result:
     planes = im.planes
     n, rows, cols = planes.shape
-    if isinstance(predictor, LearnedPredictor):
-        pred, cost = predictor.predict_and_complexity(planes)
-    else:
-        pred, cost = predictor.predict_and_complexity(planes)
+    if isinstance(predictor, AdaptiveFitter):  # per-plane weights fitted on the image (what embed does)
+        predictor = predictor.fit(planes, im.lo, im.hi)
+    pred, cost = predictor.predict_and_complexity(planes)
     walks = [walk_order(pred[i], cost[i], im.lo, im.hi) for i in range(n)]
     flats = [planes[i].reshape(-1) for i in range(n)]
     carriers = [carrier_mask(f[w.index] - w.pred) for f, w in zip(flats, walks)]
@@ -168,12 +169,14 @@ def fmt(v: float | int | None, spec: str = ".2f") -> str:
     return format(v, spec)
 
 
-def speed(learned: LearnedPredictor, slices: int, repeats: int) -> tuple[float, float]:
+def speed(learned: LearnedPredictor, slices: int, repeats: int) -> tuple[float, float, float]:
     """Slices/s of prediction + complexity (what the engine asks for) on
-    512x512 slices, best of ``repeats``, classic then learned."""
+    512x512 slices, best of ``repeats``: classic, learned, and
+    classic-adaptive (its per-plane fit included, as on embed)."""
     im = load_image("693_UNCR.dcm")
     planes = np.repeat(im.planes[:1], slices, axis=0)
     classic = ClassicRhombus()
+    adaptive = AdaptiveFitter(classic)
 
     def run_classic(x: np.ndarray) -> None:
         classic.predict_and_complexity(x)
@@ -181,8 +184,11 @@ def speed(learned: LearnedPredictor, slices: int, repeats: int) -> tuple[float, 
     def run_learned(x: np.ndarray) -> None:
         learned.predict_and_complexity(x)
 
+    def run_classic_adaptive(x: np.ndarray) -> None:  # fit (embed side) + predict
+        adaptive.fit(x, im.lo, im.hi).predict_and_complexity(x)
+
     out = []
-    for fn in (run_classic, run_learned):
+    for fn in (run_classic, run_learned, run_classic_adaptive):
         fn(planes[:1])
         best = math.inf
         for _ in range(repeats):
@@ -190,7 +196,7 @@ def speed(learned: LearnedPredictor, slices: int, repeats: int) -> tuple[float, 
             fn(planes)
             best = min(best, time.perf_counter() - t)
         out.append(slices / best)
-    return out[0], out[1]
+    return out[0], out[1], out[2]
 
 
 def _slices(count: int) -> np.ndarray:
@@ -285,20 +291,26 @@ def main(argv: list[str] | None = None) -> int:
         im = load_image(name)
         rc = evaluate(im, classic)
         rl = evaluate(im, learned)
+        ra = evaluate(im, AdaptiveFitter(learned))
+        rca = evaluate(im, AdaptiveFitter(classic))
         n_samples = im.planes.size
         nplanes = im.planes.shape[0]
+
+        def gain(r: Result) -> str:
+            return f"{100 * (r.capacity_bits / max(rc.capacity_bits, 1) - 1):+.1f}%"
+
         cap_rows.append(
             f"| {name} | {im.modality} | {im.bits_stored}{'s' if im.signed else 'u'} | "
-            f"{'x'.join(map(str, im.planes.shape))} | {rc.capacity_bits} | {rl.capacity_bits} | "
-            f"{100 * (rl.capacity_bits / max(rc.capacity_bits, 1) - 1):+.1f}% | "
-            f"{rc.capacity_bits / n_samples:.4f} | {rl.capacity_bits / n_samples:.4f} |"
+            f"{'x'.join(map(str, im.planes.shape))} | {rc.capacity_bits} | {rl.capacity_bits} | {gain(rl)} | "
+            f"{ra.capacity_bits} | {gain(ra)} | {rca.capacity_bits} | {gain(rca)} | "
+            f"{rc.capacity_bits / n_samples:.4f} | {ra.capacity_bits / n_samples:.4f} |"
         )
         points = None if args.no_bound else kalker_willems(rc.errors)
         share = rc.walkable / n_samples
         for label in rc.psnr:
             if label == "max":
                 bpp = rc.capacity_bits / n_samples
-                lab = f"max (classic {bpp:.4f} / learned {rl.capacity_bits / n_samples:.4f} bpp)"
+                lab = f"max (each at its own capacity; classic {bpp:.4f} bpp)"
             else:
                 bpp = float(label.split()[0])
                 lab = label
@@ -306,29 +318,38 @@ def main(argv: list[str] | None = None) -> int:
             if points is not None and share > 0:
                 kw = bound_psnr(points, bpp / share, share, im.bits_stored)
             ideal = ideal_psnr(int(round(bpp * im.planes.shape[1] * im.planes.shape[2])) * nplanes, n_samples, im.bits_stored)
-            pc, pl = rc.psnr[label], rl.psnr[label]
-            gain = None if pc is None or pl is None or math.isinf(pc) or math.isinf(pl) else pl - pc
+            pc, pl, pa, pca = rc.psnr[label], rl.psnr[label], ra.psnr[label], rca.psnr[label]
+
+            def delta(v: float | None) -> float | None:
+                return None if pc is None or v is None or math.isinf(pc) or math.isinf(v) else v - pc
+
+            worst = [r.max_abs[label] for r in (rc, rl, ra, rca)]
             psnr_rows.append(
-                f"| {name} | {lab} | {fmt(pc)} | {fmt(pl)} | {fmt(gain, '+.2f')} | "
-                f"{fmt(rc.max_abs[label], 'd')} / {fmt(rl.max_abs[label], 'd')} | {fmt(ideal)} | {fmt(kw)} |"
+                f"| {name} | {lab} | {fmt(pc)} | {fmt(pl)} | {fmt(pa)} | {fmt(pca)} | {fmt(delta(pl), '+.2f')} | "
+                f"{fmt(delta(pa), '+.2f')} | {fmt(delta(pca), '+.2f')} | "
+                f"{' / '.join(fmt(w, 'd') for w in worst)} | {fmt(ideal)} | {fmt(kw)} |"
             )
         print(f"done {name} ({nplanes} planes)", file=sys.stderr, flush=True)
 
     if cap_rows:
         print("### Single-layer capacity (bits)\n")
-        print("| file | modality | bits | planes | classic | learned | gain | classic bpp | learned bpp |")
-        print("|---|---|---|---|---|---|---|---|---|")
+        print("| file | modality | bits | planes | classic | learned | gain | learned-adaptive | gain | "
+              "classic-adaptive | gain | classic bpp | learned-adaptive bpp |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         print("\n".join(cap_rows))
         print("\n### PSNR (dB, peak 2^BitsStored-1) and max |Δ|\n")
-        print("| file | payload | classic | learned | Δ dB | max abs Δ c / l | ideal placement | KW bound (classic errors) |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("| file | payload | classic | learned | learned-adaptive | classic-adaptive | Δ dB learned | "
+              "Δ dB learned-adaptive | Δ dB classic-adaptive | max abs Δ c / l / la / ca | ideal placement | "
+              "KW bound (classic errors) |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         print("\n".join(psnr_rows))
     if args.speed_slices:
-        c, lr = speed(learned, args.speed_slices, args.repeats)
+        c, lr, ca = speed(learned, args.speed_slices, args.repeats)
         print(f"\n### predict speed, 512x512 slices, {args.threads} thread(s), {learned.device}\n")
-        print("| classic slices/s | learned slices/s | learned / classic |")
-        print("|---|---|---|")
-        print(f"| {c:.1f} | {lr:.2f} | {lr / c:.4f} |")
+        print("| classic slices/s | learned slices/s | learned / classic | classic-adaptive (fit + predict) slices/s "
+              "| classic-adaptive / classic |")
+        print("|---|---|---|---|---|")
+        print(f"| {c:.1f} | {lr:.2f} | {lr / c:.4f} | {ca:.2f} | {ca / c:.4f} |")
     sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
     if sizes:
         print(f"\n### batched prediction, 512x512 one-slice instances, learned on {learned.device}, "

@@ -20,6 +20,9 @@ Element        VR  VM      Meaning
 (0077,xx0A)    CS  1       YES if embed created the Contributing Equipment
                            Sequence, NO if it appended to an existing one
 (0077,xx0B)    US  1       index of the item embed added to that sequence
+(0077,xx0C)    OB  1       adaptive predictors only: the per-plane weights,
+                           int16 little endian, planes x 25 in plane order
+                           (frame-major, then channel); absent otherwise
 =============  ==  ======  =====================================================
 
 The block layout is versioned by the creator string: a different layout gets
@@ -83,6 +86,7 @@ _ORIGINAL_ELEMENTS = 0x08
 _ADDED_TAGS = 0x09
 _CE_CREATED = 0x0A
 _CE_INDEX = 0x0B
+_ADAPTIVE_WEIGHTS = 0x0C
 _LAYOUT: dict[int, tuple[str, str, str]] = {
     _FORMAT_VERSION: ("US", "1", "Watermark Format Version"),
     _KEY_ID: ("LO", "1", "Watermark Key ID"),
@@ -95,6 +99,7 @@ _LAYOUT: dict[int, tuple[str, str, str]] = {
     _ADDED_TAGS: ("AT", "1-n", "Added Elements"),
     _CE_CREATED: ("CS", "1", "Contributing Equipment Sequence Created"),
     _CE_INDEX: ("US", "1", "Contributing Equipment Item Index"),
+    _ADAPTIVE_WEIGHTS: ("OB", "1", "Adaptive Predictor Weights"),
 }
 # So that an Implicit VR file's block is read with the right VRs.
 add_private_dict_entries(
@@ -114,6 +119,7 @@ class WatermarkHeader:
     model_sha256: str | None
     lossy_source: bool
     original_transfer_syntax: str
+    adaptive_weights: bytes | None = None  # int16 LE, planes x 25 (adaptive predictors only)
 
 
 def _find_block(ds: Dataset) -> PrivateBlock | None:
@@ -246,6 +252,8 @@ def apply_watermark_header(
     block.add_new(_ORIGINAL_ELEMENTS, "OB", blob)
     if added:
         block.add_new(_ADDED_TAGS, "AT", added if len(added) > 1 else added[0])
+    if info.adaptive_weights is not None:
+        block.add_new(_ADAPTIVE_WEIGHTS, "OB", bytes(info.adaptive_weights))
 
     existing = ds.get(_CONTRIBUTING_EQUIPMENT)
     if existing is None:
@@ -315,6 +323,7 @@ def read_watermark_header(ds: Dataset) -> WatermarkHeader | None:
             f"({block.get_tag(_RECORD_UUID)}) is not a UUID"
         ) from None
     model = _raw(ds, block, _MODEL_SHA256)
+    weights = _raw(ds, block, _ADAPTIVE_WEIGHTS)
     return WatermarkHeader(
         format_version=int(version),  # type: ignore[call-overload]
         key_id=str(_require(ds, block, _KEY_ID)),
@@ -323,6 +332,7 @@ def read_watermark_header(ds: Dataset) -> WatermarkHeader | None:
         model_sha256=str(model) if model else None,
         lossy_source=_yes_no(ds, block, _LOSSY_SOURCE),
         original_transfer_syntax=str(_require(ds, block, _ORIGINAL_TS)),
+        adaptive_weights=bytes(weights) if weights is not None else None,  # type: ignore[arg-type]
     )
 
 

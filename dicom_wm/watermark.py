@@ -21,6 +21,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from dicom_wm.engine import get_predictor
+from dicom_wm.engine.adaptive import ADAPTIVE_PREFIX, N_WEIGHTS, AdaptedPredictor, AdaptiveFitter, weights_identity
 from dicom_wm.engine.histogram_shift import WalkOrder, walk_order
 from dicom_wm.engine.plane_codec import STANDARD, PlaneReading, WalkMode, embed_plane, read_plane, reembed_plane
 from dicom_wm.engine.predictors import Predictor
@@ -66,7 +67,7 @@ class VerifyStatus(str, enum.Enum):
 
 @dataclass(frozen=True)
 class EmbedOptions:
-    predictor: str = "classic"  # "classic" | "learned"
+    predictor: str = "classic"  # "classic" | "learned" | "classic-adaptive" | "learned-adaptive"
     max_copies: int = 3  # payload copies per plane (at least 1 must fit)
     roi_lossless: bool = False  # walk the detected body last (unchanged when the rest suffices)
     robust: bool = False  # add the robust leak-tracing layer (dicom_wm.robust) under the reversible one
@@ -136,7 +137,7 @@ def _walks(
     walks: list[WalkOrder] = []
     for start in range(0, n, step):
         chunk = planes[start : start + step]
-        pred, cost = predictor.predict_and_complexity(chunk)
+        pred, cost = _for_planes(predictor, start, start + len(chunk)).predict_and_complexity(chunk)
         walks.extend(
             walk_order(pred[i], cost[i], lo, hi, mode.protect(chunk[i])) for i in range(len(chunk))
         )
@@ -154,8 +155,25 @@ def _psnr(a: np.ndarray, b: np.ndarray, bits_stored: int) -> tuple[float, int]:
     return (math.inf if mse == 0 else 10 * math.log10(peak * peak / mse)), max_abs
 
 
+def _for_planes(predictor: Predictor, start: int, stop: int) -> Predictor:
+    """The predictor of planes ``start:stop`` (adaptive ones carry per-plane weights)."""
+    return predictor.sub(start, stop) if isinstance(predictor, AdaptedPredictor) else predictor
+
+
+def _identity(ds: Dataset, predictor: Predictor) -> bytes:
+    """The instance MAC's identity: the identifying attributes, plus (adaptive
+    predictors) the carried weights, so that editing them fails verify."""
+    ident = identity_bytes(ds)
+    if isinstance(predictor, AdaptedPredictor):
+        ident += weights_identity(predictor.name, predictor.weights)
+    return ident
+
+
 def _predictor_fields(predictor: Predictor) -> tuple[int, bytes]:
-    code = PREDICTOR_CODES["learned"] if predictor.name.startswith("learned") else PREDICTOR_CODES[predictor.name]
+    name = predictor.name
+    if name.startswith(ADAPTIVE_PREFIX + "learned"):
+        name = "adaptive-learned"
+    code = PREDICTOR_CODES["learned"] if name.startswith("learned") else PREDICTOR_CODES[name]
     sha = bytes.fromhex(predictor.model_sha256)[:16] if predictor.model_sha256 else bytes(16)
     return code, sha
 
@@ -211,7 +229,6 @@ def embed_dataset(
     digests = [
         tile_digests(secret, ruuid, p // ch_count, p % ch_count, planes[p], TILE, dtype) for p in range(len(planes))
     ]
-    imac = instance_mac(secret, identity_bytes(ds), ruuid, [d for plane in digests for d in plane])
     # The reversible layer carries whatever it is given: the original planes,
     # or (robust option) the planes with the robust mark, whose undo
     # information then travels in each plane's block.
@@ -220,6 +237,9 @@ def embed_dataset(
         t_robust = time.perf_counter()
         carriers, marks, robust_message = _apply_robust(planes, px.lo, px.hi, ruuid, options.recipient, secret)
         timings["robust"] = time.perf_counter() - t_robust
+    if isinstance(predictor, AdaptiveFitter):  # per-plane weights, fitted on what the layer carries
+        predictor = predictor.fit(carriers, px.lo, px.hi)
+    imac = instance_mac(secret, _identity(ds, predictor), ruuid, [d for plane in digests for d in plane])
     walks = _walks(carriers, predictor, px.lo, px.hi, mode)
     timings["predict"] = time.perf_counter() - t
 
@@ -237,7 +257,7 @@ def embed_dataset(
         )
         where = f"frame {frame + 1} of {f_count}" + (f", channel {channel}" if ch_count > 1 else "")
         emb = embed_plane(
-            carriers[p], walk, predictor, template, digests[p],
+            carriers[p], walk, _for_planes(predictor, p, p + 1), template, digests[p],
             secret, px.lo, px.hi, options.max_copies, where, mode,
         )
         out_planes[p] = emb.watermarked
@@ -256,6 +276,9 @@ def embed_dataset(
             format_version=FORMAT_VERSION, key_id=key_id, record_uuid=str(ruuid), predictor=predictor.name,
             model_sha256=predictor.model_sha256, lossy_source=px.lossy_source,
             original_transfer_syntax=px.source_transfer_syntax,
+            adaptive_weights=(
+                predictor.weights.astype("<i2").tobytes() if isinstance(predictor, AdaptedPredictor) else None
+            ),
         ),
         original_elements,
         added_tags=added_tags,
@@ -307,7 +330,7 @@ def _self_check(
     stored = _to_planes(px.samples)
     lookup = secret_lookup(keys)
     for p, walk in enumerate(walks):
-        reading = read_plane(stored[p], walk, predictor, lookup, px.lo, px.hi, mode)
+        reading = read_plane(stored[p], walk, _for_planes(predictor, p, p + 1), lookup, px.lo, px.hi, mode)
         if reading.restored is None:
             return f"plane {p}: payload not readable ({reading.problem})"
         if any(b.instance_mac != imac or b.record_uuid != ruuid for b in reading.blocks):
@@ -386,19 +409,39 @@ def _writable_copy(ds: Dataset) -> Dataset:
     return out
 
 
-def _candidate_predictors(header: WatermarkHeader | None, hint: Predictor | None) -> list[Predictor]:
-    if hint is not None:
+def _candidate_predictors(
+    header: WatermarkHeader | None, hint: Predictor | None, lo: int, hi: int, n_planes: int
+) -> list[Predictor]:
+    adaptive = header is not None and header.predictor.startswith(ADAPTIVE_PREFIX)
+    if hint is not None and not adaptive:
         return [hint]
     names = ([header.predictor] if header else []) + ["classic"]
     out: list[Predictor] = []
     for name in names:
         try:
-            pred = get_predictor(name)
+            if hint is not None and adaptive and name == header.predictor and hint.name == name[len(ADAPTIVE_PREFIX):]:
+                pred: Predictor = AdaptiveFitter(hint)
+            else:
+                pred = get_predictor(name)
         except Exception:  # noqa: BLE001 - a missing optional model only narrows the search
             continue
+        if isinstance(pred, AdaptiveFitter):  # the reader uses the carried weights, never refits
+            weights = _carried_weights(header, n_planes)
+            if weights is None:
+                continue
+            pred = AdaptedPredictor(pred.base, weights, lo, hi)
         if all(p.name != pred.name for p in out):
             out.append(pred)
     return out
+
+
+def _carried_weights(header: WatermarkHeader | None, n_planes: int) -> np.ndarray | None:
+    """The adaptive weights of the header, (n_planes, 25) int16, or None when
+    absent or not one row per plane."""
+    raw = header.adaptive_weights if header is not None else None
+    if raw is None or len(raw) != 2 * N_WEIGHTS * n_planes:
+        return None
+    return np.frombuffer(raw, dtype="<i2").reshape(n_planes, N_WEIGHTS).astype(np.int16)
 
 
 def secret_lookup(keys: KeyStore):
@@ -449,12 +492,13 @@ def _verify(
     mode = STANDARD
     for predictor, mode in (
         (pred, WalkMode(roi=roi, inverted=inverted))
-        for pred in _candidate_predictors(header, predictor_hint)
+        for pred in _candidate_predictors(header, predictor_hint, px.lo, px.hi, len(planes))
         for roi in (False, True)
     ):
         walks = _walks(planes, predictor, px.lo, px.hi, mode)
         readings = [
-            read_plane(planes[p], w, predictor, lookup, px.lo, px.hi, mode) for p, w in enumerate(walks)
+            read_plane(planes[p], w, _for_planes(predictor, p, p + 1), lookup, px.lo, px.hi, mode)
+            for p, w in enumerate(walks)
         ]
         if any(r.blocks for r in readings):
             break
@@ -511,7 +555,8 @@ def _verify(
     if not tampered and reembed:
         for p, reading in enumerate(readings):
             expected_plane = reembed_plane(
-                carrier_planes[p], reading.blocks, predictor, secret, px.lo, px.hi, mode, walk_a=walks[p]
+                carrier_planes[p], reading.blocks, _for_planes(predictor, p, p + 1), secret, px.lo, px.hi, mode,
+                walk_a=walks[p],
             )
             diff = expected_plane != planes[p]
             if diff.any():
@@ -528,7 +573,7 @@ def _verify(
         result.error = "; ".join(problems)
         return result, replace(px, samples=restored)
     ordered = [d for f in range(ref.n_frames) for c in range(ch_count) for d in digests[(f, c)]]
-    if instance_mac(secret, identity_bytes(ds), ref.record_uuid, ordered) != ref.instance_mac:
+    if instance_mac(secret, _identity(ds, predictor), ref.record_uuid, ordered) != ref.instance_mac:
         result.status = VerifyStatus.INVALID
         result.error = "instance MAC mismatch: identifying attributes changed (not localisable to tiles)"
         return result, replace(px, samples=restored)

@@ -38,6 +38,8 @@ __all__ = ["register", "embed", "verify", "restore"]
 class PredictorName(str, enum.Enum):
     classic = "classic"
     learned = "learned"
+    classic_adaptive = "classic-adaptive"  # per-plane fitted linear stage on the classic one (weights in the header)
+    learned_adaptive = "learned-adaptive"  # the same on the learned CNN
 
 
 def _failure(record: FileRecord, exc: BaseException) -> FileRecord:

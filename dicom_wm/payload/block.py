@@ -39,7 +39,9 @@ TILE = 64  # tile edge: tamper evidence is localised to TILE x TILE samples
 BLOCK_MAC_LEN = 8
 INSTANCE_MAC_LEN = 16
 TILE_MAC_LENGTHS = (4, 2)
-PREDICTOR_CODES = {"classic-rhombus": 0, "learned": 1}
+# 2 and 3: forward-adaptive (per-plane weights carried in the private header,
+# dicom_wm.engine.adaptive) on the classic / learned base predictor.
+PREDICTOR_CODES = {"classic-rhombus": 0, "learned": 1, "adaptive-classic-rhombus": 2, "adaptive-learned": 3}
 
 # magic, version, frame, channel, n_frames, n_channels, lattice pass,
 # passes on this plane, walk flags, copies, key id length
