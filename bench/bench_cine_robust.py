@@ -86,8 +86,6 @@ class Cine:
 
 
 def synthetic(frames: int = 32, size: int = 128) -> Cine:
-    from pydicom.uid import ExplicitVRLittleEndian  # noqa: F401  (tests.test_frames needs pydicom)
-
     from tests.test_frames import cine
 
     from dicom_wm.pixels import read_samples
@@ -184,7 +182,7 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
 
     cines = real_cines() + [synthetic()]
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip() or "unknown: not a git checkout"
     print(f"# bench_cine_robust (commit {head}, seed {args.seed}, MAX_FRAME_DECODES {MAX_FRAME_DECODES})\n")
 
     agg: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
