@@ -189,3 +189,11 @@ def test_trace_multipage_tiff_and_animated_gif(cli_cine, tmp_path, suffix):
 def test_false_positive_bound_by_construction():
     # each attempt is one 32-bit keyed check; the bound holds whatever the frame count
     assert MAX_FRAME_DECODES * 2.0**-32 <= 1e-6
+
+
+def test_frames_carrying_are_input_positions(marked):
+    *_, rendered, msg = marked
+    frames = [np.zeros((8, 8), np.uint8), *rendered[:4]]  # a frame too small to decode comes first
+    found = decode_frames_detail(frames, SECRET)
+    assert found is not None and found.message == msg
+    assert found.frames == (1, 2, 3, 4)

@@ -55,7 +55,6 @@ frames are taken at an even stride.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -230,9 +229,11 @@ class FrameStack:
     """
 
     def __init__(self, frames: Sequence[np.ndarray] | np.ndarray) -> None:
-        lum = [f for f in _as_frames(frames) if min(f.shape) >= 32]
-        self.n_frames = len(lum)
-        self.used, self.index = _pick(lum)
+        kept = [(i, f) for i, f in enumerate(_as_frames(frames)) if min(f.shape) >= 32]  # as decode_robust
+        self.n_frames = len(kept)
+        used, picked = _pick([f for _, f in kept])
+        self.used = used
+        self.index = [kept[j][0] for j in picked]  # input positions of the frames used
         self._tiles: dict[str, np.ndarray] = {}
         self._mean: np.ndarray | None = None
 
