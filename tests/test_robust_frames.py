@@ -197,3 +197,19 @@ def test_frames_carrying_are_input_positions(marked):
     found = decode_frames_detail(frames, SECRET)
     assert found is not None and found.message == msg
     assert found.frames == (1, 2, 3, 4)
+
+
+def test_cine_rotated_as_a_whole_is_found_on_the_average():
+    """8 frames of 256², each exported rotated by 3° and saved as JPEG Q90:
+    the identity sums cannot work; the single-image decoder on the frames'
+    average finds the rotation (alone, 3 of these 8 frames decode)."""
+    ds = cine(frames=8, size=256)
+    original = read_samples(ds).samples[..., 0]
+    msg = bytes.fromhex("0123456789abcdef")
+    frames = [
+        jpeg(np.asarray(Image.fromarray(render(embed_robust(p, 0, 4095, msg, SECRET)[0], original)).rotate(3, Image.BILINEAR)), 90)
+        for p in original
+    ]
+    assert decode_robust(frames[0], SECRET) is None
+    found = decode_frames_detail(frames, SECRET)
+    assert found is not None and found.message == msg and found.how == "average"

@@ -32,8 +32,9 @@ dropped frame only costs its share, and a foreign frame is weighed down:
 5. **Shared geometry**: when none of that decodes, the frames of the most
    common shape are averaged and the single-image decoder
    (:func:`decode_robust`, with its autocorrelation search for scale and
-   rotation) runs on the average: a cine exported resized or rotated as a
-   whole is found that way.
+   rotation) runs on the average: a cine exported rotated as a whole can be
+   found that way (tested: 3 degrees, 8 frames of 256^2, JPEG Q90). It is
+   weak: at JPEG Q70, or resized x0.8, it did not decode.
 
 False positives: every decode attempt is one keyed 32-bit check, which
 random soft bits pass with probability 2**-32. At most
