@@ -30,11 +30,15 @@ dropped frame only costs its share, and a foreign frame is weighed down:
    frame to frame and add up like the pattern, so the sum gains little, while
    each frame is one more draw that may decode.
 5. **Shared geometry**: when none of that decodes, the frames of the most
-   common shape are averaged and the single-image decoder
-   (:func:`decode_robust`, with its autocorrelation search for scale and
-   rotation) runs on the average: a cine exported rotated as a whole can be
-   found that way (tested: 3 degrees, 8 frames of 256^2, JPEG Q90). It is
-   weak: at JPEG Q70, or resized x0.8, it did not decode.
+   common shape are averaged; the autocorrelation peaks of the whitened
+   average (:func:`detect._autocorr_candidates`) give (scale, rotation)
+   hypotheses, scored by the sync peak of the resampled average and refined
+   by a small coordinate search; under each of the best two, every frame is
+   whitened, resampled to the canonical grid, folded, and the tiles summed
+   and list-decoded. Last, the single-image decoder (:func:`decode_robust`)
+   runs on the average. Measured in docs/cine-robust.md: rotations of 3-5
+   degrees are found; resizing only on frames large enough for the
+   autocorrelation to see the scaled lattice.
 
 False positives: every decode attempt is one keyed 32-bit check, which
 random soft bits pass with probability 2**-32. At most
@@ -42,11 +46,12 @@ random soft bits pass with probability 2**-32. At most
 frames (the number of frames changes only how much is summed, not how often a
 check is tried): per whitening, 6 sums (equal, sync-weighted, 4 groups) each
 list-decoded to its 16 best Viterbi paths, and 8 single frames, so 2 x 104 =
-208 here, plus the single-image decoder's own
-:data:`~dicom_wm.robust.detect.MAX_DECODES` (512 when this was written) on the
-average. So an unmarked cine, or one marked under another key, decodes with
-probability at most ``MAX_FRAME_DECODES * 2**-32`` per key tried (720 checks:
-1.7e-7; tests/test_robust_frames.py asserts it stays <= 1e-6).
+208; 2 geometry hypotheses, one list decode each: 32; plus the single-image
+decoder's own :data:`~dicom_wm.robust.detect.MAX_DECODES` (512 when this
+was written) on the average. So an unmarked cine, or one marked under
+another key, decodes with probability at most ``MAX_FRAME_DECODES * 2**-32``
+per key tried (752 checks: 1.8e-7; tests/test_robust_frames.py asserts it
+stays <= 1e-6).
 
 Work is bounded: each frame is centre-cropped to at most ``_SIDE`` x
 ``_SIDE`` samples on the tile grid, and when the frames together exceed
@@ -56,6 +61,7 @@ frames are taken at an even stride.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -65,10 +71,12 @@ import numpy as np
 from dicom_wm.robust.code import CODED_BITS, bits_of, bytes_of, check_bytes, encode_bits, viterbi_list_decode
 from dicom_wm.robust.detect import (
     MAX_DECODES,
+    _autocorr_candidates,
     _decode,
     _fold,
     _Key,
     _luminance,
+    _resample,
     _sync,
     _whiten,
     decode_robust,
@@ -86,11 +94,13 @@ _SINGLE = 8  # frames decoded alone, per variant (the strongest sync peaks): whe
 # content and compression artefacts repeat from frame to frame (a static scene)
 # the sum gains little, and one of several frames may still decode
 _LIST = 16  # Viterbi paths checked per sum over frames (a list decode)
+_GEOMETRIES = 2  # geometry hypotheses (from the frames' average) under which every frame is resampled and summed
 # per variant: equal sum, sync-weighted sum, 2 * _EIGEN eigen-weighted sums
 # (each a list decode), _SINGLE frames (each one plain decode)
 _PER_VARIANT = (2 + 2 * _EIGEN) * _LIST + _SINGLE
-# two variants (classical, learned) plus the single-image decoder on the average
-MAX_FRAME_DECODES = 2 * _PER_VARIANT + MAX_DECODES
+# two variants (classical, learned), the geometry hypotheses (classical, one
+# list decode each), plus the single-image decoder on the average
+MAX_FRAME_DECODES = 2 * _PER_VARIANT + _GEOMETRIES * _LIST + MAX_DECODES
 _N = PERIOD // CHIP
 _SUPPORT_Z = 3.0  # a frame "carries" a message when its soft bits agree with it by > 3 sd
 
@@ -265,6 +275,47 @@ class FrameStack:
         return self._mean
 
 
+def _white_at(x: np.ndarray, scale: float) -> np.ndarray:
+    """Classical whitening with the high-pass sized for the chip at ``scale`` (as detect does)."""
+    bucket = max(-2, int(round(2 * math.log2(scale))))
+    return _whiten(x, sigma=1.5 * 2 ** (bucket / 2))
+
+
+def _geometries(mean: np.ndarray, key: _Key) -> list[tuple[float, float]]:
+    """The best :data:`_GEOMETRIES` (scale, angle) hypotheses other than the
+    identity: autocorrelation peaks of the whitened average, scored by the
+    sync peak of the resampled average and refined by a small coordinate search."""
+    w = _whiten(mean)
+    peaks = _autocorr_candidates(w) + _autocorr_candidates(_whiten(mean, sigma=0.75))
+    scored: list[tuple[float, float, float]] = []
+
+    def score(s: float, a: float) -> float:
+        r, valid = _resample(_white_at(mean, s), s, a, _SIDE)
+        return _sync(_fold(r, valid), key)[0]
+
+    for s0, a0 in peaks:
+        if abs(s0 - 1) < 0.003 and abs(a0) < 0.05:
+            continue  # the identity was tried
+        if any(abs(s0 / s - 1) < 0.01 and abs(a0 - a) < 0.5 for _, s, a in scored):
+            continue
+        scored.append((score(s0, a0), s0, a0))
+    scored.sort(reverse=True)
+    out = []
+    for sc, s0, a0 in scored[:_GEOMETRIES]:
+        best = (sc, s0, a0)
+        for step_s, step_a in ((0.004, 0.3), (0.002, 0.15), (0.001, 0.075)):
+            for ds in (-step_s, 0.0, step_s):
+                for da in (-step_a, 0.0, step_a):
+                    if ds == 0.0 and da == 0.0:
+                        continue
+                    s, a = best[1] * (1 + ds), best[2] + da
+                    v = score(s, a)
+                    if v > best[0] + 1e-9:
+                        best = (v, s, a)
+        out.append((best[1], best[2]))
+    return out
+
+
 def decode_frames_detail(frames: FrameStack | Sequence[np.ndarray] | np.ndarray, secret: bytes) -> FramesDecode | None:
     """Like :func:`decode_robust_frames`, with the frames that carry the message
     and how it was found. ``frames`` may be a :class:`FrameStack`, to decode
@@ -326,11 +377,28 @@ def decode_frames_detail(frames: FrameStack | Sequence[np.ndarray] | np.ndarray,
         if hits:
             best = max(hits, key=lambda h: len(h.frames))  # first of the best on a tie
             return FramesDecode(best.message, best.frames, best.how, attempts)
-    # a geometry shared by all frames (a resized / rotated export): the
-    # single-image decoder on the average of the frames of the commonest shape
+    # a geometry shared by all frames (a resized / rotated export), read on
+    # the average of the frames of the commonest shape: every such frame is
+    # resampled to the canonical grid under it, folded, and the tiles summed
     mean = stack.mean()
     if mean is None:
         return None
+    same = [i for i, f in enumerate(stack.used) if f.shape == mean.shape]
+    for scale, angle in _geometries(mean, key):
+        tiles = np.empty((len(same), PERIOD, PERIOD))
+        side = _crop_side(len(same))
+        for j, i in enumerate(same):
+            r, valid = _resample(_white_at(stack.used[i], scale), scale, angle, side)
+            tiles[j] = _fold(r, valid) * (float(valid.sum()) / PERIOD**2)
+        agg = tiles.sum(axis=0)
+        _, s = _sync(agg, key)
+        msg, checks = _decode_list(agg, s, key)
+        attempts += checks
+        if msg is not None:
+            sup = _support(_soft(tiles, s, key), msg, key)
+            carrying = tuple(index[same[j]] for j in np.flatnonzero(sup > _SUPPORT_Z))
+            return FramesDecode(msg, carrying, f"geometry x{scale:.3f} {angle:+.2f} deg", attempts)
+    # last: the single-image decoder on the average
     attempts += MAX_DECODES
     msg = decode_robust(mean, secret)
     return None if msg is None else FramesDecode(msg, (), "average", attempts)
