@@ -20,9 +20,10 @@ Element        VR  VM      Meaning
 (0077,xx0A)    CS  1       YES if embed created the Contributing Equipment
                            Sequence, NO if it appended to an existing one
 (0077,xx0B)    US  1       index of the item embed added to that sequence
-(0077,xx0C)    OB  1       adaptive predictors only: the per-plane weights,
-                           int16 little endian, planes x 25 in plane order
-                           (frame-major, then channel); absent otherwise
+(0077,xx0C)    OB  1       adaptive predictors only: the per-plane rows
+                           (flags, bias, 24 weights), int16 little endian,
+                           planes x 26 in plane order (frame-major, then
+                           channel); absent otherwise
 =============  ==  ======  =====================================================
 
 The block layout is versioned by the creator string: a different layout gets
@@ -119,7 +120,7 @@ class WatermarkHeader:
     model_sha256: str | None
     lossy_source: bool
     original_transfer_syntax: str
-    adaptive_weights: bytes | None = None  # int16 LE, planes x 25 (adaptive predictors only)
+    adaptive_weights: bytes | None = None  # int16 LE, planes x 26 (adaptive predictors only)
 
 
 def _find_block(ds: Dataset) -> PrivateBlock | None:

@@ -436,7 +436,7 @@ def _candidate_predictors(
 
 
 def _carried_weights(header: WatermarkHeader | None, n_planes: int) -> np.ndarray | None:
-    """The adaptive weights of the header, (n_planes, 25) int16, or None when
+    """The adaptive rows of the header, (n_planes, N_WEIGHTS) int16, or None when
     absent or not one row per plane."""
     raw = header.adaptive_weights if header is not None else None
     if raw is None or len(raw) != 2 * N_WEIGHTS * n_planes:

@@ -15,6 +15,7 @@ from pydicom.data import get_testdata_file
 
 from dicom_wm.engine import get_predictor
 from dicom_wm.engine.adaptive import (
+    FLAG_CLASSIC_BASE,
     N_WEIGHTS,
     AdaptedPredictor,
     AdaptiveFitter,
@@ -60,6 +61,7 @@ def test_torch_adapted_stage_equals_numpy_reference(bits, signed, shape):
     # random weights over the whole int16 range, and the extremes
     weights = rng.integers(-(1 << 15) + 1, 1 << 15, size=(shape[0], N_WEIGHTS)).astype(np.int16)
     weights[0, :] = 32767
+    weights[:, 0] = rng.integers(0, 2, size=shape[0])  # flags (not read by the stage itself)
     ref = adapt_reference(planes, base, weights, lo, hi)
     got = adapt_torch(torch.from_numpy(planes), torch.from_numpy(base), weights, lo, hi).numpy()
     assert np.array_equal(got, ref)
@@ -103,6 +105,7 @@ def test_cuda_adapted_stage_equals_cpu(bits, signed):
     planes = smooth_planes((2, 96, 80), bits, signed, rng)
     base, _ = ClassicRhombus().predict_and_complexity(planes)
     weights = rng.integers(-4000, 4000, size=(2, N_WEIGHTS)).astype(np.int16)
+    weights[:, 0] = 0
     cpu = adapt_torch(torch.from_numpy(planes), torch.from_numpy(base), weights, lo, hi).numpy()
     gpu = adapt_torch(torch.from_numpy(planes).cuda(), torch.from_numpy(base).cuda(), weights, lo, hi).cpu().numpy()
     assert np.array_equal(cpu, gpu)
@@ -112,6 +115,7 @@ def test_a_lattice_outputs_ignore_a_samples():
     rng = np.random.default_rng(5)
     planes = smooth_planes((2, 40, 41), 12, False, rng)
     weights = rng.integers(-3000, 3000, size=(2, N_WEIGHTS)).astype(np.int16)
+    weights[:, 0] = [0, 1]  # plane 1 on the classic base
     for base_pred in (ClassicRhombus(), get_predictor("learned")):
         adapted = AdaptedPredictor(base_pred, weights, 0, 4095)
         p0, c0 = adapted.predict_and_complexity(planes)
@@ -134,20 +138,23 @@ def test_fit_never_loses_and_gains_on_mr2(base_name):
     planes, adapted, px = _fitted("MR2_UNCR.dcm", base_name)
     base, cost = adapted.base.predict_and_complexity(planes)
     pred, cost2 = adapted.predict_and_complexity(planes)
-    assert np.array_equal(cost, cost2)
+    if adapted.weights[0, 0] == 0:  # the plane's own base: same walk order
+        assert np.array_equal(cost, cost2)
     cap_base = _capacity(planes[0], base[0], cost[0], px.lo, px.hi)
-    cap_adapted = _capacity(planes[0], pred[0], cost[0], px.lo, px.hi)
-    assert adapted.weights[0].any()
-    assert cap_adapted > 1.10 * cap_base
+    classic, classic_cost = ClassicRhombus().predict_and_complexity(planes)
+    cap_classic = _capacity(planes[0], classic[0], classic_cost[0], px.lo, px.hi)
+    cap_adapted = _capacity(planes[0], pred[0], cost2[0], px.lo, px.hi)
+    assert adapted.weights[0, 1:].any()
+    assert cap_adapted > 1.10 * max(cap_base, cap_classic)
 
 
 def test_fit_falls_back_to_the_base_on_noise():
     rng = np.random.default_rng(3)
     plane = rng.integers(0, 256, size=(64, 64), dtype=np.int64)
     base, cost = ClassicRhombus().predict_and_complexity(plane[None])
-    w = fit_plane_weights(plane, base[0], cost[0], 0, 255)
+    w, cap = fit_plane_weights(plane, base[0], cost[0], 0, 255)
     pred = adapt_reference(plane[None], base, w[None], 0, 255)[0]
-    assert _capacity(plane, pred, cost[0], 0, 255) >= _capacity(plane, base[0], cost[0], 0, 255)
+    assert cap == _capacity(plane, pred, cost[0], 0, 255) >= _capacity(plane, base[0], cost[0], 0, 255)
     if not w.any():
         assert np.array_equal(pred[a_lattice_mask(64, 64)], base[0][a_lattice_mask(64, 64)])
 
@@ -160,6 +167,10 @@ def test_adapted_predictor_checks_plane_count():
         AdaptiveFitter(ClassicRhombus()).predict_and_complexity(np.zeros((1, 8, 8), np.int64))
     with pytest.raises(ValueError):
         adapt_reference(np.zeros((1, 4, 4), np.int64), np.zeros((1, 4, 4), np.int64), np.zeros((1, 3), np.int16), 0, 9)
+    bad_flags = np.zeros((1, N_WEIGHTS), np.int16)
+    bad_flags[0, 0] = 2
+    with pytest.raises(ValueError):
+        AdaptedPredictor(ClassicRhombus(), bad_flags, 0, 255).predict_and_complexity(np.zeros((1, 8, 8), np.int64))
 
 
 # (file, predictor): real CT, MR, CR, US. The large CR runs with the classic
@@ -347,3 +358,22 @@ def test_cli_embed_json_reports_the_adaptive_predictor(option, tmp_path, monkeyp
     verified = runner.invoke(app, ["verify", "wm.dcm", "--json"])
     assert verified.exit_code == 0, verified.output
     assert "authentic" in verified.output
+
+
+def test_learned_adaptive_takes_the_classic_base_where_it_carries_more():
+    """On the lossy, piecewise-constant CT the CNN loses to the classic mean;
+    learned-adaptive flags the plane's base as classic and carries at least
+    as much as classic-adaptive (and the flag round-trips through verify)."""
+    ds, before, result = _embed("693_UNCI.dcm", "learned-adaptive")
+    header = read_watermark_header(result.dataset)
+    row = np.frombuffer(header.adaptive_weights, "<i2").reshape(-1, N_WEIGHTS)
+    assert row[0, 0] == FLAG_CLASSIC_BASE
+    _, _, classic = _embed("693_UNCI.dcm", "classic")
+    assert result.capacity_bits >= classic.capacity_bits
+    assert verify_dataset(result.dataset, KEYS).status is VerifyStatus.AUTHENTIC
+    assert np.array_equal(read_samples(restore_dataset(result.dataset, KEYS).dataset).samples, before)
+    # clearing the flag (a header edit) must not verify
+    edited = row.copy()
+    edited[0, 0] = 0
+    result.dataset[_weights_tag(result.dataset)].value = edited.astype("<i2").tobytes()
+    assert verify_dataset(result.dataset, KEYS).status is not VerifyStatus.AUTHENTIC

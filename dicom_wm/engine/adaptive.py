@@ -12,6 +12,12 @@ with integer weights ``w_k`` and ``bias`` (|w| < 2**15, stored as int16),
 then ``pred = v`` where the four rhombus neighbours all equal ``v`` (a flat
 neighbourhood keeps the base behaviour, so black padding at the range
 minimum stays walkable), and clipped to ``[lo, hi]`` of the plane's range.
+Each plane's row of carried int16 values is ``flags, bias, w_1 .. w_24``
+(:data:`N_WEIGHTS` = 26). Flag bit 0 (:data:`FLAG_CLASSIC_BASE`) makes the
+classic rhombus prediction (and its complexity) the base of that plane
+instead of the predictor's own: the learned-adaptive embedder picks, per
+plane, whichever base carries more after its fit (the CNN loses on
+piecewise-constant, lossy-decoded planes). Other flag bits must be 0.
 Every operation is an int64 operation whose values stay below 2**40, so the
 result is the same on every device and in any order: torch (``int64`` on
 CPU or CUDA, :func:`adapt_torch`, used when the base predictor runs on an
@@ -35,11 +41,13 @@ import hashlib
 import numpy as np
 
 from dicom_wm.engine.histogram_shift import carrier_mask, walk_order
-from dicom_wm.engine.predictors import PrecomputedPredictor, Predictor
+from dicom_wm.engine.predictors import ClassicRhombus, PrecomputedPredictor, Predictor
 
 __all__ = [
     "ADAPTIVE_PREFIX",
+    "FLAG_CLASSIC_BASE",
     "FRAC_BITS",
+    "N_COEF",
     "N_WEIGHTS",
     "OFFSETS",
     "AdaptiveFitter",
@@ -61,8 +69,12 @@ OFFSETS: tuple[tuple[int, int], ...] = tuple(
         key=lambda o: (o[0] ** 2 + o[1] ** 2, o),
     )
 )
-#: Weights per plane: bias, then one per offset.
-N_WEIGHTS = 1 + len(OFFSETS)
+#: Coefficients per plane: bias, then one per offset.
+N_COEF = 1 + len(OFFSETS)
+#: int16 values carried per plane: flags, then the coefficients.
+N_WEIGHTS = 1 + N_COEF
+#: Flag bit: this plane's base is the classic rhombus predictor.
+FLAG_CLASSIC_BASE = 1
 _WEIGHT_LIMIT = 1 << 15
 # Samples used for the least-squares fit of one plane (a regular subsample).
 _FIT_SAMPLES = 1 << 17
@@ -83,6 +95,8 @@ def _check_weights(weights: np.ndarray, n: int) -> np.ndarray:
         raise ValueError(f"weights of shape {w.shape} do not fit {n} plane(s) x {N_WEIGHTS}")
     if not np.issubdtype(w.dtype, np.integer) or (w.size and int(np.abs(w.astype(np.int64)).max()) >= _WEIGHT_LIMIT):
         raise ValueError("adaptive weights must be integers with |w| < 2**15")
+    if w.size and (w[:, 0].min() < 0 or w[:, 0].max() > FLAG_CLASSIC_BASE):
+        raise ValueError(f"adaptive flags {sorted(set(w[:, 0].tolist()))} must be 0 or {FLAG_CLASSIC_BASE}")
     return np.broadcast_to(w.astype(np.int64), (n, N_WEIGHTS))
 
 
@@ -103,21 +117,22 @@ def adapt_reference(
     """The adapted predictions in pure numpy int64 (the reference).
 
     ``planes``, ``base``: int64 (n, rows, cols); ``weights``: integer
-    (n or 1, N_WEIGHTS). Returns int64 (n, rows, cols); B-lattice entries
-    are ``base``'s."""
+    (n or 1, N_WEIGHTS) rows (the flags column is not read here: ``base``
+    is already the chosen base). Returns int64 (n, rows, cols); B-lattice
+    entries are ``base``'s."""
     n, rows, cols = planes.shape
     w = _check_weights(weights, n)
     planes = np.asarray(planes, dtype=np.int64)
     base = np.asarray(base, dtype=np.int64)
     ri, ci = _padded_index(rows, cols)
     xp = planes[:, ri][:, :, ci]
-    acc = np.broadcast_to(w[:, 0, None, None], (n, rows, cols)).copy()
+    acc = np.broadcast_to(w[:, 1, None, None], (n, rows, cols)).copy()
     nbs = []
     for k, (dr, dc) in enumerate(OFFSETS):
         nb = xp[:, RADIUS + dr : RADIUS + dr + rows, RADIUS + dc : RADIUS + dc + cols]
         if k in _FOUR:
             nbs.append(nb)
-        acc += w[:, k + 1, None, None] * (nb - base)
+        acc += w[:, k + 2, None, None] * (nb - base)
     pred = np.clip(base + (acc >> FRAC_BITS), lo, hi)
     flat = (nbs[0] == nbs[1]) & (nbs[1] == nbs[2]) & (nbs[2] == nbs[3])
     pred = np.where(flat, nbs[0], pred)
@@ -136,13 +151,13 @@ def adapt_torch(planes, base, weights: np.ndarray, lo: int, hi: int):
     w = torch.from_numpy(np.array(_check_weights(weights, n))).to(dev)
     ri_np, ci_np = _padded_index(rows, cols)
     xp = planes[:, torch.from_numpy(ri_np).to(dev)][:, :, torch.from_numpy(ci_np).to(dev)]
-    acc = w[:, 0].view(n, 1, 1).expand(n, rows, cols).clone()
+    acc = w[:, 1].view(n, 1, 1).expand(n, rows, cols).clone()
     nbs = []
     for k, (dr, dc) in enumerate(OFFSETS):
         nb = xp[:, RADIUS + dr : RADIUS + dr + rows, RADIUS + dc : RADIUS + dc + cols]
         if k in _FOUR:
             nbs.append(nb)
-        acc += w[:, k + 1].view(n, 1, 1) * (nb - base)
+        acc += w[:, k + 2].view(n, 1, 1) * (nb - base)
     pred = (base + torch.div(acc, 1 << FRAC_BITS, rounding_mode="floor")).clamp(lo, hi)
     a, b, c, d = nbs
     flat = (a == b) & (b == c) & (c == d)
@@ -164,9 +179,12 @@ def _design(plane: np.ndarray, base: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return np.stack(feats, axis=1)
 
 
-def fit_plane_weights(plane: np.ndarray, base: np.ndarray, cost: np.ndarray, lo: int, hi: int) -> np.ndarray:
-    """Least-squares weights (int16, N_WEIGHTS) for one plane, or zeros when
-    the fit does not beat the base predictor's carrier count.
+def fit_plane_weights(
+    plane: np.ndarray, base: np.ndarray, cost: np.ndarray, lo: int, hi: int
+) -> tuple[np.ndarray, int]:
+    """Least-squares row (int16, N_WEIGHTS, flags 0) for one plane, or zeros
+    when the fit does not beat the base predictor's carrier count; and the
+    single-layer capacity (carriers) of the row returned.
 
     Fitted on the A positions the base walk can use whose four rhombus
     neighbours are not all equal (flat ones keep the base prediction), with
@@ -177,22 +195,23 @@ def fit_plane_weights(plane: np.ndarray, base: np.ndarray, cost: np.ndarray, lo:
     zero = np.zeros(N_WEIGHTS, dtype=np.int16)
     plane = np.asarray(plane, dtype=np.int64)
     walk = walk_order(base, cost, lo, hi)
+    cap_base = int(carrier_mask(plane.reshape(-1)[walk.index] - walk.pred).sum())
     idx = np.sort(walk.index)
-    if len(idx) < 4 * N_WEIGHTS:
-        return zero
+    if len(idx) < 4 * N_COEF:
+        return zero, cap_base
     rows, cols = plane.shape
     r, c = np.divmod(idx, cols)
     four = [plane[mirror_index(r + dr, rows), mirror_index(c + dc, cols)] for dr, dc in ((-1, 0), (1, 0), (0, -1), (0, 1))]
     keep = ~((four[0] == four[1]) & (four[1] == four[2]) & (four[2] == four[3]))
     idx = idx[keep]
-    if len(idx) < 4 * N_WEIGHTS:
-        return zero
+    if len(idx) < 4 * N_COEF:
+        return zero, cap_base
     if len(idx) > _FIT_SAMPLES:
         idx = idx[:: -(-len(idx) // _FIT_SAMPLES)]
     x = _design(plane, base, idx)
     y = (plane.reshape(-1)[idx] - base.reshape(-1)[idx]).astype(np.float64) + 1.0
     rows_ok = np.ones(len(idx), dtype=bool)
-    w = np.zeros(N_WEIGHTS)
+    w = np.zeros(N_COEF)
     for _ in range(2):
         xs = x[rows_ok]
         # normal equations (25 x 25): much cheaper than an SVD of the rows;
@@ -200,13 +219,13 @@ def fit_plane_weights(plane: np.ndarray, base: np.ndarray, cost: np.ndarray, lo:
         w, *_ = np.linalg.lstsq(xs.T @ xs, xs.T @ y[rows_ok], rcond=None)
         res = np.abs(y - x @ w)
         rows_ok = res <= 3.0 * max(float(np.median(res)), 0.5)
-        if rows_ok.sum() < 4 * N_WEIGHTS:
+        if rows_ok.sum() < 4 * N_COEF:
             break
-    q = np.clip(np.round(w * (1 << FRAC_BITS)), -_WEIGHT_LIMIT + 1, _WEIGHT_LIMIT - 1).astype(np.int16)
+    q = np.zeros(N_WEIGHTS, dtype=np.int16)
+    q[1:] = np.clip(np.round(w * (1 << FRAC_BITS)), -_WEIGHT_LIMIT + 1, _WEIGHT_LIMIT - 1)
     adapted = adapt_reference(plane[None], base[None], q[None], lo, hi)[0]
-    if _capacity(plane, adapted, cost, lo, hi) > _capacity(plane, base, cost, lo, hi):
-        return q
-    return zero
+    cap = _capacity(plane, adapted, cost, lo, hi)
+    return (q, cap) if cap > cap_base else (zero, cap_base)
 
 
 def _capacity(plane: np.ndarray, pred: np.ndarray, cost: np.ndarray, lo: int, hi: int) -> int:
@@ -246,10 +265,16 @@ class AdaptedPredictor:
         return AdaptedPredictor(self.base, self.weights[start:stop], self.lo, self.hi)
 
     def predict_and_complexity(self, planes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        base, cost = self.base.predict_and_complexity(planes)
         w = self.weights if len(self.weights) in (1, len(planes)) else None
         if w is None:
             raise ValueError(f"{len(planes)} plane(s) given to a predictor adapted to {len(self.weights)}")
+        _check_weights(w, len(planes))
+        base, cost = self.base.predict_and_complexity(planes)
+        classic = np.flatnonzero(np.broadcast_to(w[:, 0] & FLAG_CLASSIC_BASE, (len(planes),)))
+        if len(classic):  # planes whose base is the classic rhombus predictor
+            cb, cc = ClassicRhombus().predict_and_complexity(np.asarray(planes, dtype=np.int64)[classic])
+            base, cost = base.copy(), cost.copy()
+            base[classic], cost[classic] = cb, cc
         device = _device_of(self.base)
         if device is None or device.type == "cpu":
             return adapt_reference(np.asarray(planes, dtype=np.int64), base, w, self.lo, self.hi), cost
@@ -287,7 +312,18 @@ class AdaptiveFitter:
     def fit(self, planes: np.ndarray, lo: int, hi: int) -> AdaptedPredictor:
         planes = np.asarray(planes, dtype=np.int64)
         base, cost = self.base.predict_and_complexity(planes)
-        weights = np.stack([fit_plane_weights(planes[i], base[i], cost[i], lo, hi) for i in range(len(planes))])
+        classic = None if self.base.name == ClassicRhombus.name else ClassicRhombus()
+        rows = []
+        for i in range(len(planes)):
+            row, cap = fit_plane_weights(planes[i], base[i], cost[i], lo, hi)
+            if classic is not None:  # the classic base, when it carries more on this plane
+                cb, cc = classic.predict_and_complexity(planes[i : i + 1])
+                row_c, cap_c = fit_plane_weights(planes[i], cb[0], cc[0], lo, hi)
+                if cap_c > cap:
+                    row = row_c
+                    row[0] = FLAG_CLASSIC_BASE
+            rows.append(row)
+        weights = np.stack(rows)
         # The base maps of these planes are reused by the embed's walks and
         # self-check (a CNN forward pass is the expensive part).
         return AdaptedPredictor(PrecomputedPredictor(self.base, planes, base, cost), weights, lo, hi)
