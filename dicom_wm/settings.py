@@ -51,6 +51,9 @@ class Predictor(str, enum.Enum):
     CLASSIC = "classic"
     LEARNED = "learned"
     AUTO = "auto"
+    # per-plane fitted linear stage on the base (weights in the header; docs/learned-predictor.md)
+    CLASSIC_ADAPTIVE = "classic-adaptive"
+    LEARNED_ADAPTIVE = "learned-adaptive"
 
 
 class Device(str, enum.Enum):

@@ -229,7 +229,7 @@ def test_auto_takes_learned_on_cuda(tmp_path: Path) -> None:
 
 
 def _ctx(tmp_path: Path, **overrides: object) -> WorkerContext:
-    settings = load_settings(data_dir=tmp_path, max_retries=2, predictor="learned", device="cpu", **overrides)
+    settings = load_settings(**{"data_dir": tmp_path, "max_retries": 2, "predictor": "learned", "device": "cpu", **overrides})
     prepare_data_dir(settings)
     ensure_keys(settings, create=True)
     migrate.upgrade(settings.db_url)
@@ -402,3 +402,27 @@ def test_serve_refuses_a_cuda_device_it_cannot_see(tmp_path: Path, monkeypatch: 
                                       "--predictor", "learned", "--device", "cuda", "--batch-size", "8"])
     assert result.exit_code == 2
     assert "CUDA is not available" in result.output
+
+
+@pytest.mark.parametrize("kind", ["learned-adaptive", "classic-adaptive"])
+def test_adaptive_predictors_run_in_the_service_and_batch(kind: str, tmp_path: Path) -> None:
+    """The service setting takes the per-plane adaptive predictors; a batch
+    shares the base's forward passes and each instance fits its own weights."""
+    ctx = _ctx(tmp_path, predictor=kind)
+    base = load_learned_predictor(device="cpu") if kind == "learned-adaptive" else ClassicRhombus()
+    assert check_predictor(ctx.settings) == ("adaptive-" + base.name, "cpu")
+    originals = [ct(1), mr()]
+    ids = [_receive(ctx, ds) for ds in originals]
+    results = process_batch(ctx, ids)
+    assert [results[i].outcome for i in ids] == [Outcome.WATERMARKED] * 2
+    for iid, ds in zip(ids, originals):
+        with ctx.sessions() as s:
+            row = s.get(Instance, iid)
+        assert row.predictor == "adaptive-" + base.name
+        details = [e for e in _events(ctx, iid) if e.kind == "watermarked"][0].details
+        if kind == "learned-adaptive":
+            assert details["batched_planes"] >= 1  # the CNN maps came from the shared pass
+        stored = pydicom.dcmread(ctx.settings.data_dir / row.archive_path)
+        restored = restore_dataset(stored, ctx.keys())
+        assert restored.verify.status is VerifyStatus.AUTHENTIC
+        assert np.array_equal(read_samples(restored.dataset).samples, read_samples(ds).samples)

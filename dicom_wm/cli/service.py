@@ -43,7 +43,8 @@ PredictorOpt = Annotated[
     str | None,
     typer.Option(
         "--predictor",
-        help="sample predictor: classic, learned, or auto (learned on a GPU, classic on a CPU); default classic",
+        help="sample predictor: classic, learned, classic-adaptive, learned-adaptive (per-plane fitted stage), "
+        "or auto (learned on a GPU, classic on a CPU); default classic",
     ),
 ]
 DeviceOpt = Annotated[

@@ -139,6 +139,9 @@ class WorkerContext:
             return self._predictor
 
 
+_ADAPTIVE = (PredictorKind.CLASSIC_ADAPTIVE, PredictorKind.LEARNED_ADAPTIVE)
+
+
 def check_predictor(settings: Settings) -> tuple[str, str]:
     """What :func:`resolve_predictor` will give, as (predictor name, device),
     without creating a CUDA context (a Celery parent must not, before it
@@ -146,14 +149,18 @@ def check_predictor(settings: Settings) -> tuple[str, str]:
     CPU. Raises like :func:`resolve_predictor`."""
     from dicom_wm.engine.predictors import ClassicRhombus
 
-    if settings.predictor is PredictorKind.CLASSIC:
-        return ClassicRhombus.name, "cpu"
+    from dicom_wm.engine.adaptive import ADAPTIVE_PREFIX
+
+    kind = settings.predictor
+    prefix = ADAPTIVE_PREFIX if kind in _ADAPTIVE else ""
+    if kind in (PredictorKind.CLASSIC, PredictorKind.CLASSIC_ADAPTIVE):
+        return prefix + ClassicRhombus.name, "cpu"
     from dicom_wm.engine.learned import load_learned_predictor, select_device
 
     device = select_device(settings.device.value)
-    if settings.predictor is PredictorKind.AUTO and device.type != "cuda":
+    if kind is PredictorKind.AUTO and device.type != "cuda":
         return ClassicRhombus.name, "cpu"
-    return load_learned_predictor(device="cpu").name, str(device)
+    return prefix + load_learned_predictor(device="cpu").name, str(device)
 
 
 def resolve_predictor(settings: Settings) -> tuple[Predictor, str]:
@@ -164,15 +171,21 @@ def resolve_predictor(settings: Settings) -> tuple[Predictor, str]:
     device torch cannot see and ``ModelIntegrityError`` for a bad checkpoint."""
     from dicom_wm.engine.predictors import ClassicRhombus
 
+    from dicom_wm.engine.adaptive import AdaptiveFitter
+
     kind = settings.predictor
     if kind is PredictorKind.CLASSIC:
         return ClassicRhombus(), "cpu"
+    if kind is PredictorKind.CLASSIC_ADAPTIVE:
+        return AdaptiveFitter(ClassicRhombus()), "cpu"
     from dicom_wm.engine.learned import load_learned_predictor, select_device
 
     device = select_device(settings.device.value)
     if kind is PredictorKind.AUTO and device.type != "cuda":
         return ClassicRhombus(), "cpu"
     learned = load_learned_predictor(device=device)
+    if kind is PredictorKind.LEARNED_ADAPTIVE:
+        return AdaptiveFitter(learned), str(learned.device)
     return learned, str(learned.device)
 
 
@@ -286,8 +299,11 @@ _BATCH_MAX_SAMPLES = 1 << 25
 
 
 def _is_classic(predictor: Predictor) -> bool:
+    from dicom_wm.engine.adaptive import AdaptiveFitter
     from dicom_wm.engine.predictors import ClassicRhombus
 
+    if isinstance(predictor, AdaptiveFitter):
+        predictor = predictor.base
     return isinstance(predictor, ClassicRhombus)
 
 
@@ -316,8 +332,12 @@ def _carrier_planes(ctx: WorkerContext, ds: Dataset) -> np.ndarray | None:
 def _batch_predictors(ctx: WorkerContext, base: Predictor, datasets: list[Dataset]) -> list[Predictor]:
     """One predictor per dataset: a PrecomputedPredictor over the shared
     forward passes where its planes took part, else ``base``."""
+    from dicom_wm.engine.adaptive import AdaptiveFitter
     from dicom_wm.engine.predictors import PrecomputedPredictor, predict_many
 
+    if isinstance(base, AdaptiveFitter):  # share the base's forward passes; each embed fits its own weights
+        shared = _batch_predictors(ctx, base.base, datasets)
+        return [base if p is base.base else AdaptiveFitter(p) for p in shared]
     out: list[Predictor] = [base] * len(datasets)
     members: list[tuple[int, np.ndarray]] = []
     budget = _BATCH_MAX_SAMPLES
@@ -473,8 +493,9 @@ def _embed(
     }
     if result.predictor == predictor.name:  # the image path (waveforms have their own predictor)
         details["device"] = extra.get("device")
-        if hasattr(predictor, "hits"):  # planes whose maps came from the batch's shared forward passes
-            details["batched_planes"] = int(predictor.hits)
+        shared = getattr(predictor, "base", None) if not hasattr(predictor, "hits") else predictor  # adaptive: its base
+        if hasattr(shared, "hits"):  # planes whose maps came from the batch's shared forward passes
+            details["batched_planes"] = int(shared.hits)
     return _finish(ctx, row, token, values, EventKind.WATERMARKED, details, target, Outcome.WATERMARKED)
 
 
