@@ -338,6 +338,15 @@ def decode_frames_detail(frames: FrameStack | Sequence[np.ndarray] | np.ndarray,
         sup = _support(_soft(tiles, shift, key), msg, key)
         return FramesDecode(msg, tuple(index[i] for i in np.flatnonzero(sup > _SUPPORT_Z)), how, attempts)
 
+    def weighted(w: np.ndarray, tiles: np.ndarray) -> tuple[bytes | None, tuple[int, int]]:
+        """List-decode the frames' tiles summed with weights ``w``."""
+        nonlocal attempts
+        agg = np.tensordot(w, tiles, axes=1)
+        _, s = _sync(agg, key)
+        msg, checks = _decode_list(agg, s, key)
+        attempts += checks
+        return msg, s
+
     variants = ("classical",) if kernel is None else ("classical", "learned")
     for variant in variants:
         tiles = stack.tiles(variant, kernel)
@@ -349,10 +358,7 @@ def decode_frames_detail(frames: FrameStack | Sequence[np.ndarray] | np.ndarray,
         for how, w in sets[:2]:
             if not w.any():
                 continue
-            agg = np.tensordot(w, tiles, axes=1)
-            _, s = _sync(agg, key)
-            msg, checks = _decode_list(agg, s, key)
-            attempts += checks
+            msg, s = weighted(w, tiles)
             if msg is not None:
                 return found(msg, tiles, s, f"{variant} {how}")
         # groups and single frames may find a minority's message (frames of
@@ -362,10 +368,7 @@ def decode_frames_detail(frames: FrameStack | Sequence[np.ndarray] | np.ndarray,
         for how, w in sets[2:]:
             if not w.any():
                 continue
-            agg = np.tensordot(w, tiles, axes=1)
-            _, s = _sync(agg, key)
-            msg, checks = _decode_list(agg, s, key)
-            attempts += checks
+            msg, s = weighted(w, tiles)
             if msg is not None and all(h.message != msg for h in hits):
                 hits.append(found(msg, tiles, s, f"{variant} {how}"))
         for i in np.argsort(z)[::-1][:_SINGLE]:
