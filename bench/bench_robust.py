@@ -254,6 +254,7 @@ def run_trial(
     seed: int,
     res: Results,
     rivagan: bool = True,
+    adaptive: bool = True,
 ) -> None:
     rng = np.random.default_rng([seed, image_i, trial, 10**6])
     recipient = None if trial % 2 == 0 else f"AE{int(rng.integers(0, 10**6)):06d}"
@@ -261,7 +262,7 @@ def run_trial(
     secret = rng.bytes(32)
 
     t0 = time.perf_counter()
-    marked, _mark = embed_robust(img.plane, img.lo, img.hi, message, secret)
+    marked, _mark = embed_robust(img.plane, img.lo, img.hi, message, secret, adaptive=adaptive)
     res.seconds[OURS] += time.perf_counter() - t0
     d = dict(robust_distortion(img.plane, marked, img.lo, img.hi))
     ref8 = img.render8(img.plane)
@@ -427,6 +428,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="ONNX / BLAS threads (default 1: shared machine)")
     ap.add_argument("--budget-s", type=float, default=3600.0, help="no new trial starts after this (default 3600)")
     ap.add_argument("--seed", type=int, default=6)
+    ap.add_argument("--uniform-strength", action="store_true",
+                    help="ours without the strength map (version-2 marks, as before it): for paired comparisons")
     ap.add_argument("--out", type=Path, help="write the markdown report here")
     args = ap.parse_args()
 
@@ -450,7 +453,7 @@ def main() -> None:
                 break
             riva = (args.rivagan_trials is None or trial < args.rivagan_trials) and (
                 args.rivagan_images is None or img.name in args.rivagan_images)
-            run_trial(img, image_i, trial, attacks, iw, args.seed, res, riva)
+            run_trial(img, image_i, trial, attacks, iw, args.seed, res, riva, not args.uniform_strength)
             done += 1
             print(f"[{time.monotonic() - start:6.0f} s] trial {trial + 1}/{trials} {img.name}", file=sys.stderr, flush=True)
         else:
