@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 
@@ -395,3 +396,27 @@ def corpus_params(*, ok_only: bool = False) -> list:
         pytest.param(e, id=e.name, marks=[pytest.mark.slow] if e.slow else [])
         for e in entries
     ]
+
+
+def synthetic_image(samples: np.ndarray, bits_allocated: int, bits_stored: int, signed: bool) -> pydicom.Dataset:
+    """A little-endian MONOCHROME2 Secondary Capture holding ``samples`` (frames, rows, cols)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    frames, rows, cols = samples.shape
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Rows, ds.Columns, ds.SamplesPerPixel = rows, cols, 1
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = bits_allocated, bits_stored, bits_stored - 1
+    ds.PixelRepresentation = int(signed)
+    dtype = f"<{'i' if signed else 'u'}{bits_allocated // 8}"
+    ds.PixelData = samples.astype(dtype).tobytes()
+    return ds

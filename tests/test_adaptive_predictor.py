@@ -30,6 +30,7 @@ from dicom_wm.header import PRIVATE_CREATOR, PRIVATE_GROUP, read_watermark_heade
 from dicom_wm.keys import KeyStore
 from dicom_wm.pixels import read_samples
 from dicom_wm.watermark import EmbedOptions, VerifyStatus, embed_dataset, restore_dataset, verify_dataset
+from corpus import synthetic_image
 
 KEYS = KeyStore.in_memory({"ktest0001": b"\x11" * 32}, "ktest0001")
 DEPTHS = [(bits, signed) for bits in (8, 10, 12, 14, 16) for signed in (False, True)]
@@ -246,26 +247,6 @@ def test_header_weight_tampering_is_detected(predictor):
     assert verify_dataset(ds, KEYS).status is VerifyStatus.AUTHENTIC
 
 
-def _synthetic(samples: np.ndarray, bits_allocated: int, bits_stored: int, signed: bool):
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    frames, rows, cols = samples.shape
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.Rows, ds.Columns, ds.SamplesPerPixel = rows, cols, 1
-    if frames > 1:
-        ds.NumberOfFrames = frames
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = bits_allocated, bits_stored, bits_stored - 1
-    ds.PixelRepresentation = int(signed)
-    ds.PixelData = samples.astype(f"<{'i' if signed else 'u'}{bits_allocated // 8}").tobytes()
-    return ds
 
 
 @pytest.mark.parametrize("bits", [8, 10, 12, 14, 16])
@@ -277,7 +258,7 @@ def test_synthetic_round_trip(bits, signed, predictor):
     rng = np.random.default_rng(bits * 3 + signed)
     planes = smooth_planes((2, 120, 136), bits, signed, rng)
     planes[1] = np.clip(planes[1] + rng.integers(-3, 4, size=planes[1].shape), *bit_range(bits, signed))
-    ds = _synthetic(planes, 8 if bits == 8 else 16, bits, signed)
+    ds = synthetic_image(planes, 8 if bits == 8 else 16, bits, signed)
     before = read_samples(ds).samples.copy()
     try:
         result = embed_dataset(ds, KEYS, options=EmbedOptions(predictor=predictor))

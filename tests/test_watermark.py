@@ -21,7 +21,7 @@ from dicom_wm.keys import KeyStore
 from dicom_wm.payload.block import TILE
 from dicom_wm.pixels import read_samples, write_samples
 from dicom_wm.watermark import VerifyStatus, embed_dataset, restore_dataset, verify_dataset
-from corpus import corpus_params
+from corpus import synthetic_image, corpus_params
 
 KEYS = KeyStore.in_memory({"ktest0001": b"\x11" * 32}, "ktest0001")
 OTHER_KEYS = KeyStore.in_memory({"kother001": b"\x22" * 32}, "kother001")
@@ -181,27 +181,6 @@ def test_no_pixel_data_is_unsupported():
     assert verify_dataset(ds, KEYS).status is VerifyStatus.UNSUPPORTED
 
 
-def _synthetic(samples: np.ndarray, bits_allocated: int, bits_stored: int, signed: bool) -> Dataset:
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    frames, rows, cols = samples.shape
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.Rows, ds.Columns, ds.SamplesPerPixel = rows, cols, 1
-    if frames > 1:
-        ds.NumberOfFrames = frames
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = bits_allocated, bits_stored, bits_stored - 1
-    ds.PixelRepresentation = int(signed)
-    dtype = f"<{'i' if signed else 'u'}{bits_allocated // 8}"
-    ds.PixelData = samples.astype(dtype).tobytes()
-    return ds
 
 
 @settings(max_examples=40, deadline=None)
@@ -233,7 +212,7 @@ def test_synthetic_images_round_trip_or_refuse_cleanly(seed, depth, signed, kind
     else:
         mid = (lo + hi) // 2
         img = np.clip(np.rint(mid + rng.normal(0, 2, shape)), lo, hi).astype(np.int64)
-    ds = _synthetic(np.asarray(img, dtype=np.int64), bits_allocated, bits_stored, signed)
+    ds = synthetic_image(np.asarray(img, dtype=np.int64), bits_allocated, bits_stored, signed)
     before = read_samples(ds).samples.copy()
     try:
         result = embed_dataset(ds, KEYS)
