@@ -228,10 +228,11 @@ def batched_speed(learned: LearnedPredictor, sizes: list[int], repeats: int) -> 
     return rows
 
 
-def embed_speed(learned: LearnedPredictor, batch: int, repeats: int) -> tuple[float, float]:
+def embed_speed(learned: LearnedPredictor, batch: int, repeats: int) -> tuple[float, float, float, float]:
     """Slices/s of whole embeds (decode, predict, embed, self-check, encode)
     of ``batch`` one-slice CT instances: learned with the batch predicted in
-    one ``predict_many`` (the gpu queue's path), classic one by one."""
+    one ``predict_many`` (the gpu queue's path), classic one by one, and the
+    adaptive predictors one by one (each instance fits its own weights)."""
     import copy
     import tempfile
 
@@ -261,7 +262,19 @@ def embed_speed(learned: LearnedPredictor, batch: int, repeats: int) -> tuple[fl
         for ds in datasets:
             embed_dataset(ds, keys, options=EmbedOptions(), engine_predictor=classic)
 
-    return batch / _best(run_learned, repeats), batch / _best(run_classic, repeats)
+    def run_named(name: str):
+        def run() -> None:
+            for ds in datasets:
+                embed_dataset(ds, keys, options=EmbedOptions(predictor=name))
+
+        return run
+
+    return (
+        batch / _best(run_learned, repeats),
+        batch / _best(run_classic, repeats),
+        batch / _best(run_named("classic-adaptive"), repeats),
+        batch / _best(run_named("learned-adaptive"), repeats),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -359,12 +372,14 @@ def main(argv: list[str] | None = None) -> int:
         for b, lr_b, c_b in batched_speed(learned, sizes, args.repeats):
             print(f"| {b} | {lr_b:.2f} | {c_b:.1f} | {lr_b / c_b:.4f} |")
     if args.embed_batch:
-        lr_e, c_e = embed_speed(learned, args.embed_batch, args.repeats)
+        lr_e, c_e, ca_e, la_e = embed_speed(learned, args.embed_batch, args.repeats)
         print(f"\n### whole embed (decode, predict, embed, self-check, encode), batch of {args.embed_batch} "
               f"512x512 CT instances, learned batched on {learned.device}\n")
-        print("| learned slices/s | classic slices/s | learned / classic |")
-        print("|---|---|---|")
-        print(f"| {lr_e:.2f} | {c_e:.1f} | {lr_e / c_e:.4f} |")
+        print("| classic slices/s | learned slices/s | learned / classic | classic-adaptive slices/s "
+              "| classic-adaptive / classic | learned-adaptive slices/s | learned-adaptive / classic |")
+        print("|---|---|---|---|---|---|---|")
+        print(f"| {c_e:.1f} | {lr_e:.2f} | {lr_e / c_e:.4f} | {ca_e:.2f} | {ca_e / c_e:.4f} | {la_e:.2f} "
+              f"| {la_e / c_e:.4f} |")
     return 0
 
 
