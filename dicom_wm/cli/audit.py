@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
+from dicom_wm.cli.common import exit_error
 from dicom_wm.cli.destinations import open_database
 from dicom_wm.cli.service import ConfigOpt, DataDirOpt, DbOpt
 from dicom_wm.db.models import EventKind
@@ -18,11 +19,6 @@ from dicom_wm.db.models import EventKind
 __all__ = ["register", "audit", "studies"]
 
 JsonLinesOpt = Annotated[bool, typer.Option("--json", help="one JSON object per line")]
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
 
 
 def audit(
@@ -39,14 +35,14 @@ def audit(
     try:
         moment = parse_since(since) if since is not None else None
     except ValueError as exc:
-        raise _fail(str(exc), 2) from None
+        raise exit_error(str(exc), 2) from None
     if kind is not None and kind not in {k.value for k in EventKind}:
-        raise _fail(f"--kind {kind!r} must be one of {', '.join(k.value for k in EventKind)}", 2)
+        raise exit_error(f"--kind {kind!r} must be one of {', '.join(k.value for k in EventKind)}", 2)
     sessions = open_database(config, data_dir, db)
     try:
         events = list_events(sessions, since=moment, kind=kind)
     except SQLAlchemyError as exc:
-        raise _fail(f"database: {str(exc).splitlines()[0]}") from None
+        raise exit_error(f"database: {str(exc).splitlines()[0]}") from None
     if as_json:
         for e in events:
             typer.echo(json.dumps(e, sort_keys=True))
@@ -74,7 +70,7 @@ def studies(
     try:
         rows = study_summaries(sessions)
     except SQLAlchemyError as exc:
-        raise _fail(f"database: {str(exc).splitlines()[0]}") from None
+        raise exit_error(f"database: {str(exc).splitlines()[0]}") from None
     if as_json:
         for r in rows:
             typer.echo(json.dumps(r, sort_keys=True))

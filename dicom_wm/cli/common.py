@@ -56,6 +56,13 @@ out_console = Console(highlight=False, soft_wrap=True, emoji=False)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
+def exit_error(message: str, code: int = 1) -> typer.Exit:
+    """Print ``error: message`` on stderr and return the Exit to raise
+    (``raise exit_error(...) from None`` keeps the cause out of the output)."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
 def fail(message: str, code: int = EXIT_CONFIG) -> NoReturn:
     """Print ``error: message`` on stderr and exit with ``code``."""
     err_console.print(f"error: {message}", markup=False)

@@ -20,6 +20,7 @@ from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicom_wm.cli.common import exit_error
 from dicom_wm.cli.service import ConfigOpt, DataDirOpt, DbOpt, JsonOpt
 from dicom_wm.db.destinations import EgressPolicy
 
@@ -36,11 +37,6 @@ PolicyOpt = Annotated[
 ]
 
 
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
-
-
 def open_database(config: Path | None, data_dir: Path | None, db: str | None) -> sessionmaker[Session]:
     """Settings from flags / env / TOML, the schema checked (SQLite: created
     or upgraded), and the session factory; exits with a one-line error."""
@@ -51,13 +47,13 @@ def open_database(config: Path | None, data_dir: Path | None, db: str | None) ->
     try:
         settings = load_settings(config, data_dir=data_dir, db=db)
     except (ValidationError, ValueError) as exc:
-        raise _fail(f"invalid configuration: {exc}", 2) from None
+        raise exit_error(f"invalid configuration: {exc}", 2) from None
     try:
         ensure_schema(settings, upgrade_sqlite=True)
     except SchemaOutOfDate as exc:
-        raise _fail(str(exc), 2) from None
+        raise exit_error(str(exc), 2) from None
     except (SQLAlchemyError, OSError) as exc:
-        raise _fail(f"database {redact_url(settings.db_url)} unavailable: {str(exc).splitlines()[0]}") from None
+        raise exit_error(f"database {redact_url(settings.db_url)} unavailable: {str(exc).splitlines()[0]}") from None
     return get_sessionmaker(settings.db_url)
 
 
@@ -80,9 +76,9 @@ def add(
     try:
         info, created = add_destination(sessions, ae_title, host, port, policy, actor=user_actor())
     except ValueError as exc:
-        raise _fail(str(exc), 2) from None
+        raise exit_error(str(exc), 2) from None
     except SQLAlchemyError as exc:
-        raise _fail(f"database: {str(exc).splitlines()[0]}") from None
+        raise exit_error(f"database: {str(exc).splitlines()[0]}") from None
     if as_json:
         typer.echo(json.dumps({**info.as_dict(), "created": created}, sort_keys=True))
         return
@@ -104,7 +100,7 @@ def list_(
     try:
         rows = list_destinations(sessions)
     except SQLAlchemyError as exc:
-        raise _fail(f"database: {str(exc).splitlines()[0]}") from None
+        raise exit_error(f"database: {str(exc).splitlines()[0]}") from None
     if as_json:
         typer.echo(json.dumps([r.as_dict() for r in rows], sort_keys=True))
         return
@@ -131,11 +127,11 @@ def remove(
     try:
         removed = remove_destination(sessions, ae_title, actor=user_actor())
     except ValueError as exc:
-        raise _fail(str(exc), 2) from None
+        raise exit_error(str(exc), 2) from None
     except SQLAlchemyError as exc:
-        raise _fail(f"database: {str(exc).splitlines()[0]}") from None
+        raise exit_error(f"database: {str(exc).splitlines()[0]}") from None
     if removed is None:
-        raise _fail(f"no destination {ae_title.strip()!r}")
+        raise exit_error(f"no destination {ae_title.strip()!r}")
     typer.echo(f"removed {removed.ae_title}")
 
 

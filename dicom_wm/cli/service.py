@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from dicom_wm.cli.common import exit_error
 from dicom_wm.settings import Settings, load_settings
 
 __all__ = ["register", "db_app"]
@@ -72,8 +73,7 @@ def _settings(config: Path | None, **overrides: Any) -> Settings:
     try:
         return load_settings(config, **overrides)
     except (ValidationError, ValueError) as exc:
-        typer.echo(f"error: invalid configuration: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise exit_error(f"invalid configuration: {exc}", 2) from None
 
 
 def _logging(settings: Settings) -> None:
@@ -88,11 +88,6 @@ def _logging(settings: Settings) -> None:
         logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
-
-
 def _check_predictor(settings: Settings) -> None:
     """Load the configured predictor once at start, so a missing GPU or a bad
     checkpoint stops the service instead of failing every instance."""
@@ -101,7 +96,7 @@ def _check_predictor(settings: Settings) -> None:
     try:
         name, device = check_predictor(settings)
     except Exception as exc:  # noqa: BLE001 - ValueError (device), ModelIntegrityError, torch errors
-        raise _fail(f"predictor {settings.predictor.value} (device {settings.device.value}): {exc}", 2) from None
+        raise exit_error(f"predictor {settings.predictor.value} (device {settings.device.value}): {exc}", 2) from None
     log.info("predictor %s on %s (setting %s, batch_size %d)", name, device, settings.predictor.value,
              settings.batch_size)
 
@@ -145,7 +140,7 @@ def serve(
         ensure_keys(settings, create=True)
         ensure_schema(settings, upgrade_sqlite=True)
     except (SchemaOutOfDate, KeyStoreError, OSError) as exc:
-        raise _fail(str(exc), 2) from None
+        raise exit_error(str(exc), 2) from None
     sessions = get_sessionmaker(settings.db_url)
     clean_spool(settings, sessions)
 
@@ -179,7 +174,7 @@ def serve(
     except OSError as exc:
         dispatcher.stop()
         backend.close()
-        raise _fail(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}", 2) from None
+        raise exit_error(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}", 2) from None
     from scp.retrieve import egress_pool
 
     threading.Thread(target=egress_pool(ctx).start, name="egress-pool-start", daemon=True).start()
@@ -221,7 +216,7 @@ def worker(
                          predictor=predictor, device=device, roi_lossless=roi_lossless, robust=robust)
     _logging(settings)
     if settings.embedded:
-        raise _fail("a worker needs a broker (--broker or DICOM_WM_BROKER); without one, serve runs the workers", 2)
+        raise exit_error("a worker needs a broker (--broker or DICOM_WM_BROKER); without one, serve runs the workers", 2)
     _check_predictor(settings)
     from dicom_wm.errors import KeyStoreError
     from dicom_wm.ingest.runtime import SchemaOutOfDate, ensure_keys, ensure_schema, prepare_data_dir
@@ -233,7 +228,7 @@ def worker(
         ensure_schema(settings, upgrade_sqlite=False)
         ensure_keys(settings, create=False)
     except (SchemaOutOfDate, KeyStoreError, OSError) as exc:
-        raise _fail(str(exc), 2) from None
+        raise exit_error(str(exc), 2) from None
     from dicom_wm.db.engine import dispose_engines
 
     dispose_engines()  # prefork children must not share the parent's connections
@@ -277,7 +272,7 @@ def status(
     try:
         summary = status_summary(get_sessionmaker(settings.db_url), depths)
     except SQLAlchemyError as exc:
-        raise _fail(f"database unavailable: {str(exc).splitlines()[0]}") from None
+        raise exit_error(f"database unavailable: {str(exc).splitlines()[0]}") from None
     if as_json:
         typer.echo(json.dumps(summary, sort_keys=True))
         return
@@ -317,7 +312,7 @@ def show(
 
     report = instance_report(get_sessionmaker(settings.db_url), sop_instance_uid)
     if report is None:
-        raise _fail(f"no instance with SOP Instance UID {sop_instance_uid!r}")
+        raise exit_error(f"no instance with SOP Instance UID {sop_instance_uid!r}")
     if as_json:
         typer.echo(json.dumps(report, sort_keys=True))
         return
@@ -362,7 +357,7 @@ def db_upgrade(
         migrate.upgrade(settings.db_url)
         after = migrate.current_revision(settings.db_url)
     except (SQLAlchemyError, OSError) as exc:
-        raise _fail(f"upgrade of {redact_url(settings.db_url)} failed: {str(exc).splitlines()[0]}") from None
+        raise exit_error(f"upgrade of {redact_url(settings.db_url)} failed: {str(exc).splitlines()[0]}") from None
     typer.echo(f"{redact_url(settings.db_url)}: {before or 'empty'} -> {after}")
 
 
