@@ -667,6 +667,18 @@ def verify_dataset(ds: Dataset, keys: KeyStore) -> VerifyResult:
     return _verify(ds, keys)[0]
 
 
+def check_restorable(result: VerifyResult, restored: object | None, force: bool) -> None:
+    """Refuse a restore (image or waveform) unless the instance verified, or
+    ``force`` was given and something can be restored."""
+    if result.status is VerifyStatus.UNSUPPORTED:
+        raise UnsupportedInput(result.error or "unsupported")
+    if result.status is not VerifyStatus.AUTHENTIC and not force:
+        detail = result.error or result.status.value
+        raise NotAuthentic(f"instance is {result.status.value} ({detail}); refusing to restore without force")
+    if restored is None:
+        raise NotAuthentic(f"instance is {result.status.value}: nothing can be restored")
+
+
 def restore_dataset(ds: Dataset, keys: KeyStore, *, force: bool = False) -> RestoreResult:
     """Give back the original. Raises NotAuthentic unless the instance verifies
     (or ``force``), UnsupportedInput / NotAuthentic when nothing can be restored."""
@@ -676,13 +688,7 @@ def restore_dataset(ds: Dataset, keys: KeyStore, *, force: bool = False) -> Rest
         if is_waveform(ds):
             return restore_waveform(ds, keys, force=force)
     result, restored = _verify(ds, keys)
-    if result.status is VerifyStatus.UNSUPPORTED:
-        raise UnsupportedInput(result.error or "unsupported")
-    if result.status is not VerifyStatus.AUTHENTIC and not force:
-        detail = result.error or result.status.value
-        raise NotAuthentic(f"instance is {result.status.value} ({detail}); refusing to restore without force")
-    if restored is None:
-        raise NotAuthentic(f"instance is {result.status.value}: nothing can be restored")
+    check_restorable(result, restored, force)
     px = restored
     out = _writable_copy(ds)
     write_samples(out, restored.samples, px)

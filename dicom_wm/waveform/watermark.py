@@ -45,7 +45,7 @@ from pydicom.dataset import Dataset
 
 from dicom_wm.engine.histogram_shift import WalkOrder, carrier_mask
 from dicom_wm.engine.plane_codec import PlaneReading, embed_plane, lattice_walk, read_plane, reembed_plane
-from dicom_wm.errors import InsufficientCapacity, NotAuthentic, SelfCheckFailed, UnsupportedInput
+from dicom_wm.errors import InsufficientCapacity, SelfCheckFailed, UnsupportedInput
 from dicom_wm.header import WatermarkHeader, apply_watermark_header, read_watermark_header, remove_watermark_header
 from dicom_wm.keys import KeyStore
 from dicom_wm.payload.block import FORMAT_VERSION, WALK_ROBUST, PlaneBlock
@@ -68,6 +68,7 @@ from dicom_wm.watermark import (
     RestoreResult,
     VerifyResult,
     VerifyStatus,
+    check_restorable,
     no_payload_result,
     secret_lookup,
 )
@@ -508,13 +509,7 @@ def restore_waveform(ds: Dataset, keys: KeyStore, *, force: bool = False) -> Res
     header block removed. Raises NotAuthentic unless it verifies (or
     ``force``), UnsupportedInput when it cannot be read."""
     result, restored = _verify(ds, keys)
-    if result.status is VerifyStatus.UNSUPPORTED:
-        raise UnsupportedInput(result.error or "unsupported")
-    if result.status is not VerifyStatus.AUTHENTIC and not force:
-        detail = result.error or result.status.value
-        raise NotAuthentic(f"instance is {result.status.value} ({detail}); refusing to restore without force")
-    if restored is None:
-        raise NotAuthentic(f"instance is {result.status.value}: nothing can be restored")
+    check_restorable(result, restored, force)
     out = copy.deepcopy(ds)
     for g, stored in zip(read_groups(ds), restored):
         write_group(out, g, to_domain(stored, g.interpretation))
