@@ -185,6 +185,7 @@ def embed_dataset(
     record_uuid: uuid.UUID | None = None,
     options: EmbedOptions | None = None,
     engine_predictor: Predictor | None = None,
+    pixels: PixelPlanes | None = None,
 ) -> EmbedResult:
     """Watermark ``ds`` (not modified): image pixel data, or waveform samples
     (dicom_wm.waveform). Raises UnsupportedInput, InsufficientCapacity,
@@ -192,7 +193,9 @@ def embed_dataset(
 
     ``engine_predictor``: an already loaded predictor for the image path
     (a worker's, on its device, or a ``PrecomputedPredictor`` holding a
-    batch's predictions); it replaces ``options.predictor``."""
+    batch's predictions); it replaces ``options.predictor``. ``pixels``:
+    ``read_samples(ds)`` when the caller already decoded it (a batch did,
+    for its shared forward passes)."""
     options = options or EmbedOptions()
     if not 1 <= options.max_copies <= 255:
         raise ValueError(f"max_copies {options.max_copies} must be in 1..255")
@@ -208,7 +211,7 @@ def embed_dataset(
     t = time.perf_counter()
     if read_watermark_header(ds) is not None:
         raise UnsupportedInput("already watermarked by dicom-wm: restore it before embedding again")
-    px = read_samples(ds)
+    px = pixels if pixels is not None else read_samples(ds)
     timings["decode"] = time.perf_counter() - t
     f_count, rows, cols, ch_count = px.samples.shape
     if rows < 2 or cols < 2:

@@ -63,6 +63,7 @@ if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
     from dicom_wm.engine.predictors import Predictor
+    from dicom_wm.pixels import PixelPlanes
 
 __all__ = [
     "Outcome",
@@ -268,6 +269,7 @@ def process_batch(
     if not work:
         return results
     predictors: list[Predictor | None] = [None] * len(work)
+    decoded: list[PixelPlanes | None] = [None] * len(work)
     shared_s = 0.0
     try:
         base, device = ctx.engine_predictor()
@@ -277,16 +279,17 @@ def process_batch(
         predictors = [base] * len(work)
         if not _is_classic(base):
             t = time.perf_counter()
-            predictors = list(_batch_predictors(ctx, base, [item[3] for item in work]))
+            decoded = [_decoded(ctx, item[3]) for item in work]  # each embed reuses its instance's
+            predictors = list(_batch_predictors(base, decoded))
             shared_s = time.perf_counter() - t
-    for (row, token, started, ds, timings), predictor in zip(work, predictors):
+    for (row, token, started, ds, timings), predictor, px in zip(work, predictors, decoded):
         if shared_s:
             timings["batch_predict"] = shared_s
 
-        def run(row=row, token=token, started=started, ds=ds, timings=timings, predictor=predictor) -> TaskResult:
+        def run(row=row, token=token, started=started, ds=ds, timings=timings, predictor=predictor, px=px) -> TaskResult:
             base, device = ctx.engine_predictor()  # loaded once; raises here again if it could not load
             extra = {"device": device, "batch_instances": len(work)}
-            return _embed(ctx, row, token, ds, timings, started, predictor or base, extra)
+            return _embed(ctx, row, token, ds, timings, started, predictor or base, extra, pixels=px)
 
         results[row.id] = _guarded(ctx, row, token, finals[row.id], run)
     return results
@@ -307,14 +310,13 @@ def _is_classic(predictor: Predictor) -> bool:
     return isinstance(predictor, ClassicRhombus)
 
 
-def _carrier_planes(ctx: WorkerContext, ds: Dataset) -> np.ndarray | None:
-    """The planes embed_dataset will predict first (its A-pass carriers), or
-    None where there is nothing to share: no pixel data, the robust layer
-    (it marks the planes first), undecodable or already watermarked input
-    (embed reports those)."""
+def _decoded(ctx: WorkerContext, ds: Dataset) -> PixelPlanes | None:
+    """The samples embed_dataset will watermark, decoded once for the shared
+    pass and the embed, or None where there is nothing to share: no pixel
+    data, the robust layer (it marks the planes first), undecodable or
+    already watermarked input (embed reports those)."""
     from dicom_wm.header import read_watermark_header
     from dicom_wm.pixels import read_samples
-    from dicom_wm.watermark import _to_planes
 
     if ctx.settings.robust or "PixelData" not in ds:
         return None
@@ -326,23 +328,24 @@ def _carrier_planes(ctx: WorkerContext, ds: Dataset) -> np.ndarray | None:
         return None
     if px.samples.shape[1] < 2 or px.samples.shape[2] < 2:
         return None
-    return _to_planes(px.samples)
+    return px
 
 
-def _batch_predictors(ctx: WorkerContext, base: Predictor, datasets: list[Dataset]) -> list[Predictor]:
-    """One predictor per dataset: a PrecomputedPredictor over the shared
-    forward passes where its planes took part, else ``base``."""
+def _batch_predictors(base: Predictor, decoded: list[PixelPlanes | None]) -> list[Predictor]:
+    """One predictor per instance: a PrecomputedPredictor over the shared
+    forward passes where its planes (its A-pass carriers) took part, else ``base``."""
     from dicom_wm.engine.adaptive import AdaptiveFitter
     from dicom_wm.engine.predictors import PrecomputedPredictor, predict_many
+    from dicom_wm.watermark import _to_planes
 
     if isinstance(base, AdaptiveFitter):  # share the base's forward passes; each embed fits its own weights
-        shared = _batch_predictors(ctx, base.base, datasets)
+        shared = _batch_predictors(base.base, decoded)
         return [base if p is base.base else AdaptiveFitter(p) for p in shared]
-    out: list[Predictor] = [base] * len(datasets)
+    out: list[Predictor] = [base] * len(decoded)
     members: list[tuple[int, np.ndarray]] = []
     budget = _BATCH_MAX_SAMPLES
-    for i, ds in enumerate(datasets):
-        planes = _carrier_planes(ctx, ds)
+    for i, px in enumerate(decoded):
+        planes = None if px is None else _to_planes(px.samples)
         if planes is not None and planes.size <= budget:
             members.append((i, planes))
             budget -= planes.size
@@ -423,9 +426,12 @@ def _embed(
     started: float,
     predictor: Predictor,
     extra: dict[str, Any],
+    *,
+    pixels: PixelPlanes | None = None,
 ) -> TaskResult:
-    """Embed (with ``predictor``), archive, finish. ``extra`` goes into the
-    event (the predictor's device, the batch)."""
+    """Embed (with ``predictor``; ``pixels``: the decoded samples of ``ds``
+    when a batch already decoded them), archive, finish. ``extra`` goes into
+    the event (the predictor's device, the batch)."""
     from dicom_wm.watermark import EmbedOptions, embed_dataset
 
     data_dir = ctx.settings.data_dir
@@ -434,7 +440,9 @@ def _embed(
     t = time.perf_counter()
     try:
         options = EmbedOptions(roi_lossless=ctx.settings.roi_lossless, robust=ctx.settings.robust)
-        result = embed_dataset(ds, keys, record_uuid=record, options=options, engine_predictor=predictor)
+        result = embed_dataset(
+            ds, keys, record_uuid=record, options=options, engine_predictor=predictor, pixels=pixels
+        )
     except (UnsupportedInput, InsufficientCapacity, SelfCheckFailed) as exc:
         timings["embed"] = time.perf_counter() - t
         kind = type(exc).__name__
