@@ -75,7 +75,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dicom_wm.robust.code import CODED_BITS, bits_of, bytes_of, check_bytes, encode_bits, viterbi_decode
+from dicom_wm.robust.code import CODED_BITS, bits_of, check_bytes, checked_message, encode_bits, viterbi_decode
 from dicom_wm.robust.message import MESSAGE_BYTES
 from dicom_wm.robust.pattern import CHIPS, Layout
 
@@ -578,9 +578,7 @@ def _soft_bits(folded: np.ndarray, shift: int, key: _AudioKey) -> np.ndarray:
 
 
 def _decode_soft(soft: np.ndarray, secret: bytes) -> bytes | None:
-    bits = viterbi_decode(soft / (float(soft.std()) or 1.0))
-    message, check = bytes_of(bits[:64]), bytes_of(bits[64:96])
-    return message if check == check_bytes(message, secret) else None
+    return checked_message(viterbi_decode(soft / (float(soft.std()) or 1.0)), secret)
 
 
 def _analyses(channels: np.ndarray, sample_rate: float) -> list[np.ndarray]:

@@ -27,6 +27,13 @@ def check_bytes(message: bytes, secret: bytes) -> bytes:
     return hmac.new(secret, b"dicom-wm robust check\0" + message, hashlib.sha256).digest()[:4]
 
 
+def checked_message(info_bits: np.ndarray, secret: bytes) -> bytes | None:
+    """The 64-bit message of decoded information bits (message, then its
+    32-bit keyed check), or None when the check does not match."""
+    message = bytes_of(info_bits[:64])
+    return message if bytes_of(info_bits[64:96]) == check_bytes(message, secret) else None
+
+
 def bits_of(data: bytes) -> np.ndarray:
     return np.unpackbits(np.frombuffer(data, dtype=np.uint8)).astype(np.int64)
 

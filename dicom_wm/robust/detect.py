@@ -36,7 +36,7 @@ import math
 import numpy as np
 from scipy import ndimage
 
-from dicom_wm.robust.code import CODED_BITS, bytes_of, check_bytes, viterbi_decode, viterbi_list_decode
+from dicom_wm.robust.code import CODED_BITS, checked_message, viterbi_decode, viterbi_list_decode
 from dicom_wm.robust.learned import learned_whiten, load_kernel
 from dicom_wm.robust.pattern import CHIP, PERIOD, SHAPE, chip_values, layout, tile_from_chips
 
@@ -153,28 +153,29 @@ def _sync(folded: np.ndarray, key: _Key) -> tuple[float, tuple[int, int]]:
 
 
 def _soft_bits(folded: np.ndarray, shift: tuple[int, int], key: _Key) -> np.ndarray:
-    """Matched-filter soft value per coded bit (positive = bit 0) of a folded tile at ``shift``."""
-    aligned = np.roll(folded, (-shift[0], -shift[1]), axis=(0, 1))
-    chips = (aligned * np.tile(SHAPE, (_N, _N))).reshape(_N, CHIP, _N, CHIP).sum(axis=(1, 3)).reshape(-1)
+    """Matched-filter soft value per coded bit (positive = bit 0) of a folded
+    tile at ``shift``; of each tile, for a stack (n, PERIOD, PERIOD)."""
+    aligned = np.roll(folded, (-shift[0], -shift[1]), axis=(-2, -1))
+    lead = aligned.shape[:-2]
+    chips = (aligned * np.tile(SHAPE, (_N, _N))).reshape(*lead, _N, CHIP, _N, CHIP).sum(axis=(-3, -1))
+    chips = chips.reshape(*lead, -1)
     lay = key.layout
-    soft = np.zeros(CODED_BITS)
-    np.add.at(soft, lay.bit_of, chips[lay.data] * lay.sign[lay.data])
-    return soft
+    soft = np.zeros((CODED_BITS, *lead))
+    np.add.at(soft, lay.bit_of, np.moveaxis(chips[..., lay.data] * lay.sign[lay.data], -1, 0))
+    return np.moveaxis(soft, 0, -1)
 
 
 def _decode(folded: np.ndarray, shift: tuple[int, int], key: _Key) -> bytes | None:
     soft = _soft_bits(folded, shift, key)
     sd = float(soft.std()) or 1.0
-    bits = viterbi_decode(soft / sd)
-    message, check = bytes_of(bits[:64]), bytes_of(bits[64:96])
-    return message if check == check_bytes(message, key.secret) else None
+    return checked_message(viterbi_decode(soft / sd), key.secret)
 
 
 def _decode_list(folded: np.ndarray, shift: tuple[int, int], key: _Key, size: int = LIST_SIZE) -> bytes | None:
     """:func:`_decode` over the ``size`` best Viterbi paths: the first whose check matches."""
     for bits in viterbi_list_decode(_soft_bits(folded, shift, key), size):
-        message, check = bytes_of(bits[:64]), bytes_of(bits[64:96])
-        if check == check_bytes(message, key.secret):
+        message = checked_message(bits, key.secret)
+        if message is not None:
             return message
     return None
 

@@ -68,7 +68,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dicom_wm.robust.code import CODED_BITS, bits_of, bytes_of, check_bytes, encode_bits, viterbi_list_decode
+from dicom_wm.robust.code import bits_of, check_bytes, checked_message, encode_bits, viterbi_list_decode
 from dicom_wm.robust.detect import (
     MAX_DECODES,
     _autocorr_candidates,
@@ -77,13 +77,14 @@ from dicom_wm.robust.detect import (
     _Key,
     _luminance,
     _resample,
+    _soft_bits,
     _sync,
     _whiten,
     decode_robust,
     learned_whiten,
     load_kernel,
 )
-from dicom_wm.robust.pattern import CHIP, PERIOD, SHAPE
+from dicom_wm.robust.pattern import PERIOD
 
 __all__ = ["MAX_FRAME_DECODES", "FrameStack", "FramesDecode", "decode_robust_frames", "decode_frames_detail"]
 
@@ -101,7 +102,6 @@ _PER_VARIANT = (2 + 2 * _EIGEN) * _LIST + _SINGLE
 # two variants (classical, learned), the geometry hypotheses (classical, one
 # list decode each), plus the single-image decoder on the average
 MAX_FRAME_DECODES = 2 * _PER_VARIANT + _GEOMETRIES * _LIST + MAX_DECODES
-_N = PERIOD // CHIP
 _SUPPORT_Z = 3.0  # a frame "carries" a message when its soft bits agree with it by > 3 sd
 
 
@@ -152,20 +152,10 @@ def _grid_crop(x: np.ndarray, side: int) -> np.ndarray:
     return x[r0 : r0 + side, c0 : c0 + side]
 
 
-def _chip_matrix() -> np.ndarray:
-    return np.tile(SHAPE, (_N, _N)).astype(np.float64)
-
-
 def _soft(tiles: np.ndarray, shift: tuple[int, int], key: _Key) -> np.ndarray:
     """Soft coded bits (frames x CODED_BITS) of folded tiles at ``shift``, as
     :func:`detect._decode` computes them before Viterbi (not normalised)."""
-    aligned = np.roll(tiles, (-shift[0], -shift[1]), axis=(1, 2))
-    chips = (aligned * _chip_matrix()).reshape(len(tiles), _N, CHIP, _N, CHIP).sum(axis=(2, 4)).reshape(len(tiles), -1)
-    lay = key.layout
-    data = chips[:, lay.data] * lay.sign[lay.data]
-    soft = np.zeros((CODED_BITS, len(tiles)))
-    np.add.at(soft, lay.bit_of, data.T)
-    return soft.T
+    return _soft_bits(tiles, shift, key)
 
 
 def _sync_z(tiles: np.ndarray, shift: tuple[int, int], key: _Key) -> np.ndarray:
@@ -197,8 +187,8 @@ def _decode_list(folded: np.ndarray, shift: tuple[int, int], key: _Key) -> tuple
     checks = 0
     for bits in viterbi_list_decode(soft / (float(soft.std()) or 1.0), _LIST):
         checks += 1
-        message = bytes_of(bits[:64])
-        if bytes_of(bits[64:96]) == check_bytes(message, key.secret):
+        message = checked_message(bits, key.secret)
+        if message is not None:
             return message, checks
     return None, checks
 
