@@ -62,7 +62,6 @@ import sys
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -255,6 +254,7 @@ def run_trial(
     res: Results,
     rivagan: bool = True,
     adaptive: bool = True,
+    deep: bool = True,
 ) -> None:
     rng = np.random.default_rng([seed, image_i, trial, 10**6])
     recipient = None if trial % 2 == 0 else f"AE{int(rng.integers(0, 10**6)):06d}"
@@ -262,7 +262,7 @@ def run_trial(
     secret = rng.bytes(32)
 
     t0 = time.perf_counter()
-    marked, _mark = embed_robust(img.plane, img.lo, img.hi, message, secret, adaptive=adaptive)
+    marked, _mark = embed_robust(img.plane, img.lo, img.hi, message, secret, adaptive=adaptive, deep=deep)
     res.seconds[OURS] += time.perf_counter() - t0
     d = dict(robust_distortion(img.plane, marked, img.lo, img.hi))
     ref8 = img.render8(img.plane)
@@ -295,7 +295,7 @@ def run_trial(
         else:
             attacked = img.denormalise(attack(img.normalise(marked), _attack_rng(seed, image_i, trial, attack_i)))
         t0 = time.perf_counter()
-        got = decode_robust(attacked, secret)
+        got = decode_robust(attacked, secret, deep=deep)
         res.seconds[OURS] += time.perf_counter() - t0
         res.tallies[(OURS, attack.name, img.name)].add(got == message)
         # theirs
@@ -309,10 +309,12 @@ def run_trial(
             res.tallies[(method, attack.name, img.name)].add(right == nbits, right, nbits)
 
     wrong = rng.bytes(32)
-    res.fp_wrong_key.add(decode_robust(marked, wrong) is not None)
+    res.fp_wrong_key.add(decode_robust(marked, wrong, deep=deep) is not None)
 
 
-def run_false_positives(images: list[TestImage], n: int, seed: int, res: Results, deadline: float) -> None:
+def run_false_positives(
+    images: list[TestImage], n: int, seed: int, res: Results, deadline: float, deep: bool = True
+) -> None:
     """``decode_robust`` with random secrets on random crops (25-100 % of the area) of unmarked images."""
     rng = np.random.default_rng([seed, 999])
     for i in range(n):
@@ -326,7 +328,7 @@ def run_false_positives(images: list[TestImage], n: int, seed: int, res: Results
         crop = img.plane[r0 : r0 + h, c0 : c0 + w]
         if i % 2:  # half of them as the 8-bit export
             crop = img.render8(crop)
-        res.fp_unmarked.add(decode_robust(crop, rng.bytes(32)) is not None)
+        res.fp_unmarked.add(decode_robust(crop, rng.bytes(32), deep=deep) is not None)
 
 
 # -- tables ------------------------------------------------------------------
@@ -430,6 +432,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=6)
     ap.add_argument("--uniform-strength", action="store_true",
                     help="ours without the strength map (version-2 marks, as before it): for paired comparisons")
+    ap.add_argument("--no-deep", action="store_true",
+                    help="ours without the deep pair (rule-based strength map, classical and linear decoders "
+                    "only): run beside a default run with the same --seed for paired comparisons")
     ap.add_argument("--out", type=Path, help="write the markdown report here")
     args = ap.parse_args()
 
@@ -453,13 +458,13 @@ def main() -> None:
                 break
             riva = (args.rivagan_trials is None or trial < args.rivagan_trials) and (
                 args.rivagan_images is None or img.name in args.rivagan_images)
-            run_trial(img, image_i, trial, attacks, iw, args.seed, res, riva, not args.uniform_strength)
+            run_trial(img, image_i, trial, attacks, iw, args.seed, res, riva, not args.uniform_strength, not args.no_deep)
             done += 1
             print(f"[{time.monotonic() - start:6.0f} s] trial {trial + 1}/{trials} {img.name}", file=sys.stderr, flush=True)
         else:
             continue
         break
-    run_false_positives(images, fp_trials, args.seed, res, deadline + 0.25 * args.budget_s)
+    run_false_positives(images, fp_trials, args.seed, res, deadline + 0.25 * args.budget_s, not args.no_deep)
     elapsed = time.monotonic() - start
     methods = tuple(m for m in methods if res.trials[m])  # e.g. rivaGan with --rivagan-trials 0
 

@@ -153,13 +153,14 @@ def test_version_1_marks_still_undo() -> None:
 
 def test_strength_map_undo_and_version_2_marks() -> None:
     """A textured plane with a black background gets a strength map (a
-    version-3 mark, 1.5x the strength on the background) that undoes
-    exactly; without it (``adaptive=False``) the mark is version 2, as before,
-    and a map that does not fit the plane is refused."""
+    version-3 mark; the rule-based map, ``deep=False``, gives 1.5x the
+    strength to the background) that undoes exactly; without it
+    (``adaptive=False``) the mark is version 2, as before, and a map that
+    does not fit the plane is refused."""
     rng = np.random.default_rng(12)
     plane = rng.integers(0, 256, (200, 260))
     plane[:, :120] = 0
-    marked, mark = embed_robust(plane, 0, 255, MESSAGE, SECRET)
+    marked, mark = embed_robust(plane, 0, 255, MESSAGE, SECRET, deep=False)
     q = np.frombuffer(mark.smap, np.uint8).reshape(13, 17)
     assert mark.to_bytes()[0] == 3 and set(q[:, :7].ravel()) == {6} and set(q[:, 8:].ravel()) == {4}
     assert np.array_equal(undo_robust(marked, 0, 255, RobustMark.from_bytes(mark.to_bytes()), SECRET), plane)
@@ -176,6 +177,7 @@ def test_strength_map_undo_and_version_2_marks() -> None:
     smooth = np.add.outer(np.arange(200), np.arange(260)) // 2
     smooth[:50] = 0
     assert embed_robust(smooth, 0, 255, MESSAGE, SECRET)[1].smap == b""
+    assert embed_robust(smooth, 0, 255, MESSAGE, SECRET, deep=False)[1].smap == b""
 
 
 # -- attacks ---------------------------------------------------------------------------

@@ -1,10 +1,11 @@
 """Blind decoding: re-synchronise (scale, rotation, shift), soft-decode, check.
 
 1. The image (any scale, any size; RGB is averaged to luminance) is whitened
-   two ways, each tried in turn: classically (a Gaussian high-pass, divided by
-   the local standard deviation and clipped, so edges, windowing and export
-   scaling do not dominate) and by the learned extraction filter
-   (:mod:`dicom_wm.robust.learned`), when torch is installed.
+   up to three ways, each tried in turn: classically (a Gaussian high-pass,
+   divided by the local standard deviation and clipped, so edges, windowing
+   and export scaling do not dominate), by the learned linear extraction
+   filter (:mod:`dicom_wm.robust.learned`) and by the deep decoder
+   (:mod:`dicom_wm.robust.deep`), the last two when torch is installed.
 2. Geometry hypotheses: the identity first, then scale/rotation read from the
    autocorrelation of the whitened image, whose strongest off-centre peaks sit
    on the lattice of the pattern's period (each peak's angle is also tried at
@@ -23,10 +24,10 @@ Before all this, impulses (samples at the image's extreme values far from
 their 3x3 median: salt and pepper) are replaced by that median.
 
 False positives: each check attempt passes at random with probability
-2**-32; at most :data:`MAX_DECODES` attempts (9 list decodes of
+2**-32; at most :data:`MAX_DECODES` attempts (13 list decodes of
 :data:`LIST_SIZE` paths) are made per key, so an unmarked image (or a mark
 made with another key) decodes with probability at most
-``MAX_DECODES * 2**-32`` (< 1.4e-7) per key tried.
+``MAX_DECODES * 2**-32`` (< 2e-7) per key tried.
 """
 
 from __future__ import annotations
@@ -37,16 +38,18 @@ import numpy as np
 from scipy import ndimage
 
 from dicom_wm.robust.code import CODED_BITS, checked_message, viterbi_decode, viterbi_list_decode
+from dicom_wm.robust.deep import deep_whiten, load_models
 from dicom_wm.robust.learned import learned_whiten, load_kernel
 from dicom_wm.robust.pattern import CHIP, PERIOD, SHAPE, chip_values, layout, tile_from_chips
 
 __all__ = ["decode_robust", "MAX_DECODES", "LIST_SIZE"]
 
-# per whitening (classical, learned): the identity, then the best _REFINE
-# geometry hypotheses; plus the inverse-variance whitening at the identity;
-# each a list decode of LIST_SIZE keyed checks
+# per whitening (classical, learned, deep): the identity, then the best
+# _REFINE geometry hypotheses; plus the inverse-variance whitening at the
+# identity; each a list decode of LIST_SIZE keyed checks
 _REFINE = 3
-_LIST_DECODES = 2 * (1 + _REFINE) + 1
+_WHITENINGS = 3
+_LIST_DECODES = _WHITENINGS * (1 + _REFINE) + 1
 LIST_SIZE = 64
 MAX_DECODES = _LIST_DECODES * LIST_SIZE  # keyed-check attempts per key
 _MAX_SIDE = 1024  # canonical samples decoded per side (a centre crop of larger images)
@@ -223,14 +226,15 @@ def _autocorr_candidates(w: np.ndarray) -> list[tuple[float, float]]:
     return out
 
 
-def decode_robust(image: np.ndarray, secret: bytes) -> bytes | None:
+def decode_robust(image: np.ndarray, secret: bytes, deep: bool = True) -> bytes | None:
     """The 8-byte message the robust layer put in ``image`` under ``secret``, or None.
 
     ``image`` is a 2-D array (or rows x cols x 3/4, averaged to luminance) in
     any intensity scale and size: a stored DICOM plane or an exported 8-bit
     rendering, possibly rotated, cropped, resized or compressed. A message is
     returned only when its keyed 32-bit check matches (see module docstring
-    for the false-positive bound).
+    for the false-positive bound). ``deep=False`` leaves the deep decoder out
+    (a paired baseline for the benchmark).
     """
     x = _luminance(image)
     if min(x.shape) < 32:
@@ -241,6 +245,11 @@ def decode_robust(image: np.ndarray, secret: bytes) -> bytes | None:
     whitened: dict[tuple[str, int], np.ndarray] = {}
 
     def white_for(variant: str, scale: float) -> np.ndarray:
+        if variant == "deep":
+            # like the learned filter, at the input's own scale (trained on resized inputs)
+            if (variant, 0) not in whitened:
+                whitened[variant, 0] = deep_whiten(x)
+            return whitened[variant, 0]
         if variant == "learned" and kernel is not None:
             # applied at the input's own scale: it held up under resize x0.5 in tests
             if (variant, 0) not in whitened:
@@ -260,7 +269,9 @@ def decode_robust(image: np.ndarray, secret: bytes) -> bytes | None:
         score, shift = _sync(folded, key)
         return score, folded, shift
 
-    variants = ("classical",) if kernel is None else ("classical", "learned")
+    variants: tuple[str, ...] = ("classical",) if kernel is None else ("classical", "learned")
+    if deep and load_models() is not None:
+        variants += ("deep",)
     for variant in variants:
         _, folded, shift = try_at(variant, 1.0, 0.0, _MAX_SIDE)
         msg = _decode_list(folded, shift, key)

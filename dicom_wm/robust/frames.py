@@ -47,11 +47,11 @@ frames (the number of frames changes only how much is summed, not how often a
 check is tried): per whitening, 6 sums (equal, sync-weighted, 4 groups) each
 list-decoded to its 16 best Viterbi paths, and 8 single frames, so 2 x 104 =
 208; 2 geometry hypotheses, one list decode each: 32; plus the single-image
-decoder's own :data:`~dicom_wm.robust.detect.MAX_DECODES` (576 when this
-was written) on the average. So an unmarked cine, or one marked under
-another key, decodes with probability at most ``MAX_FRAME_DECODES * 2**-32``
-per key tried (816 checks: 1.9e-7; tests/test_robust_frames.py asserts it
-stays <= 1e-6).
+decoder's own :data:`~dicom_wm.robust.detect.MAX_DECODES` (832 since the
+deep decoder joined it) on the average. So an unmarked cine, or one marked
+under another key, decodes with probability at most
+``MAX_FRAME_DECODES * 2**-32`` per key tried (1072 checks: 2.5e-7;
+tests/test_robust_frames.py asserts it stays <= 1e-6).
 
 Work is bounded: each frame is centre-cropped to at most ``_SIDE`` x
 ``_SIDE`` samples on the tile grid, and when the frames together exceed

@@ -191,12 +191,18 @@ _FLAT_FRACTION = 0.5
 MAP_MIN_RMS = 10.0
 
 
-def strength_map(plane: np.ndarray) -> bytes:
-    """The content-adaptive strength map of ``plane`` (see :data:`MAP_BLOCK`):
-    blocks where at least half the samples sit at the plane's minimum or
-    maximum get :data:`FLAT_LEVEL`, the rest :data:`BUSY_LEVEL`; empty (no
-    map, a version-2 mark) when every block would get the same level or the
-    textured part's median local rms is under :data:`MAP_MIN_RMS`."""
+def strength_map(plane: np.ndarray, deep: bool = True) -> bytes:
+    """The content-adaptive strength map of ``plane`` (see :data:`MAP_BLOCK`),
+    or empty (no map, a version-2 mark) when the plane has no black or
+    saturated part or its textured part's median local rms is under
+    :data:`MAP_MIN_RMS` (there a uniform strength decodes better: measured
+    on CR, CT and MR, docs/robust-results.md).
+
+    The map is the deep encoder's (:func:`dicom_wm.robust.deep.deep_map`)
+    with ``deep`` when its weights load (torch installed); otherwise the
+    rule: blocks where at least half the samples sit at the plane's minimum
+    or maximum get :data:`FLAT_LEVEL`, the rest :data:`BUSY_LEVEL`. Either
+    way a map with a single level is no map."""
     from scipy import ndimage
 
     plane = np.asarray(plane)
@@ -209,17 +215,23 @@ def strength_map(plane: np.ndarray) -> bytes:
     local = np.sqrt(ndimage.gaussian_filter(hp * hp, 3.6))
     if float(np.median(local[~ext])) < MAP_MIN_RMS:
         return b""
-    ms = _map_shape(plane.shape)
+    q = None
+    if deep:
+        from dicom_wm.robust.deep import deep_map
 
-    def blocks(a: np.ndarray) -> np.ndarray:
-        pad = np.zeros((ms[0] * MAP_BLOCK, ms[1] * MAP_BLOCK))
-        cnt = np.zeros_like(pad)
-        pad[: plane.shape[0], : plane.shape[1]] = a
-        cnt[: plane.shape[0], : plane.shape[1]] = 1
-        r = (ms[0], MAP_BLOCK, ms[1], MAP_BLOCK)
-        return pad.reshape(r).sum(axis=(1, 3)) / np.maximum(cnt.reshape(r).sum(axis=(1, 3)), 1)
+        q = deep_map(plane, MAP_UNIT)
+    if q is None:
+        ms = _map_shape(plane.shape)
 
-    q = np.where(blocks(ext) >= _FLAT_FRACTION, FLAT_LEVEL, BUSY_LEVEL).astype(np.uint8)
+        def blocks(a: np.ndarray) -> np.ndarray:
+            pad = np.zeros((ms[0] * MAP_BLOCK, ms[1] * MAP_BLOCK))
+            cnt = np.zeros_like(pad)
+            pad[: plane.shape[0], : plane.shape[1]] = a
+            cnt[: plane.shape[0], : plane.shape[1]] = 1
+            r = (ms[0], MAP_BLOCK, ms[1], MAP_BLOCK)
+            return pad.reshape(r).sum(axis=(1, 3)) / np.maximum(cnt.reshape(r).sum(axis=(1, 3)), 1)
+
+        q = np.where(blocks(ext) >= _FLAT_FRACTION, FLAT_LEVEL, BUSY_LEVEL).astype(np.uint8)
     if q.min() == q.max():
         return b""
     return q.tobytes()
@@ -364,6 +376,7 @@ def embed_robust(
     amplitude: int | None = None,
     informed: bool = True,
     adaptive: bool = True,
+    deep: bool = True,
 ) -> tuple[np.ndarray, RobustMark]:
     """Add the robust pattern carrying ``message`` to ``plane``.
 
@@ -389,6 +402,9 @@ def embed_robust(
         Use the content-adaptive strength map (:func:`strength_map`, stored
         in the mark; a version-3 mark when there is one). False: uniform
         strength, as version-2 marks.
+    deep : bool
+        Let the deep encoder make the strength map (when its weights load);
+        False: the rule-based map. Either way the map is stored in the mark.
 
     Returns
     -------
@@ -402,7 +418,7 @@ def embed_robust(
     if not isinstance(message, bytes) or len(message) != MESSAGE_BYTES:
         raise ValueError(f"message must be {MESSAGE_BYTES} bytes, got {message!r}")
     fixed = amplitude is not None
-    smap = strength_map(plane) if adaptive else b""
+    smap = strength_map(plane, deep) if adaptive else b""
     if amplitude is None:
         amplitude = _calibrate(plane, lo, hi, message, secret, b"", smap)
     gains = _informed_gains(plane, lo, hi, message, secret, amplitude, 1.0, smap) if informed else b""
