@@ -24,7 +24,7 @@ both parts are unavailable and the layer runs its classical rules.
 
 from __future__ import annotations
 
-import hashlib
+import importlib.util
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -107,24 +107,18 @@ def _networks() -> Any:
 
 @lru_cache(maxsize=1)
 def load_models() -> tuple[Any, Any] | None:
-    """(map_net, decoder_net) in eval mode on the CPU, or None without torch or weights.
+    """(map_net, decoder_net) in eval mode on the CPU, or None without torch.
 
     Raises
     ------
     ValueError
         When the weights file does not match :data:`MODEL_SHA256`.
     """
-    try:
-        import torch
-    except ImportError:
+    if importlib.util.find_spec("torch") is None:
         return None
-    if not _PATH.exists() or not MODEL_SHA256:
-        return None
-    blob = _PATH.read_bytes()
-    digest = hashlib.sha256(blob).hexdigest()
-    if digest != MODEL_SHA256:
-        raise ValueError(f"{_PATH.name}: SHA-256 {digest} is not the pinned {MODEL_SHA256}")
-    state = torch.load(_PATH, map_location="cpu", weights_only=True)
+    from dicom_wm.robust.learned import load_pinned_state
+
+    state = load_pinned_state(_PATH, MODEL_SHA256)
     _, decoder_cls, map_cls = _networks()
     enc, dec = map_cls(), decoder_cls()
     enc.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("map.")})

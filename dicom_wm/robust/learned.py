@@ -14,13 +14,15 @@ torch the decoder runs its classical whitening alone.
 from __future__ import annotations
 
 import hashlib
+import io
+import importlib.util
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["MODEL_NAME", "MODEL_SHA256", "RADIUS", "normalise", "load_kernel", "learned_whiten"]
+__all__ = ["MODEL_NAME", "MODEL_SHA256", "RADIUS", "normalise", "load_pinned_state", "load_kernel", "learned_whiten"]
 
 MODEL_NAME = "robust-extract-v1"
 MODEL_SHA256 = "7ce21704d2f06aed438040473c829ef123fd427b8ae6356bdbfef90b43fbfa4c"
@@ -40,6 +42,24 @@ def normalise(x: np.ndarray) -> np.ndarray:
     return _local_normalise(x - ndimage.uniform_filter(x, 2 * RADIUS + 1))
 
 
+def load_pinned_state(path: Path, sha256: str) -> dict:
+    """The tensors saved in ``path``, loaded with ``weights_only=True`` from
+    the very bytes whose SHA-256 was checked against ``sha256``.
+
+    Raises
+    ------
+    ValueError
+        When the file does not match ``sha256``.
+    """
+    import torch
+
+    blob = path.read_bytes()
+    digest = hashlib.sha256(blob).hexdigest()
+    if digest != sha256:
+        raise ValueError(f"{path.name}: SHA-256 {digest} is not the pinned {sha256}")
+    return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+
+
 @lru_cache(maxsize=1)
 def load_kernel() -> np.ndarray | None:
     """The fitted kernel, or None when torch is not installed.
@@ -49,16 +69,9 @@ def load_kernel() -> np.ndarray | None:
     ValueError
         When the weights file does not match :data:`MODEL_SHA256`.
     """
-    try:
-        import torch
-    except ImportError:
+    if importlib.util.find_spec("torch") is None:
         return None
-    blob = _PATH.read_bytes()
-    digest = hashlib.sha256(blob).hexdigest()
-    if digest != MODEL_SHA256:
-        raise ValueError(f"{_PATH.name}: SHA-256 {digest} is not the pinned {MODEL_SHA256}")
-    state = torch.load(_PATH, map_location="cpu", weights_only=True)
-    return state["kernel"].numpy().astype(np.float64)
+    return load_pinned_state(_PATH, MODEL_SHA256)["kernel"].numpy().astype(np.float64)
 
 
 def learned_whiten(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
