@@ -299,16 +299,25 @@ def decode_robust(image: np.ndarray, secret: bytes, deep: bool = True) -> bytes 
         cands.append((try_at("classical", s0, a0, _SEARCH_SIDE)[0], s0, a0))
     cands.sort(reverse=True)
     for _, s0, a0 in cands[:_REFINE]:
+        refined = (s0, a0)
         for variant in variants:
-            best = (-np.inf, s0, a0)
-            # coordinate search: scale, then angle, then scale again, on a shrinking step
-            for step_s, step_a in ((0.004, 0.3), (0.002, 0.15), (0.001, 0.075)):
-                for ds in (-step_s, 0.0, step_s):
-                    for da in (-step_a, 0.0, step_a):
-                        s, a = best[1] * (1 + ds), best[2] + da
-                        sc = try_at(variant, s, a, _SEARCH_SIDE)[0]
-                        if sc > best[0] + 1e-9:
-                            best = (sc, s, a)
+            if variant == "deep":
+                # the deep decoder reads the geometry the classical search
+                # refined: a search of its own (27 resamplings per step)
+                # made an unmarked image's decode ~50 % slower
+                best = (0.0, *refined)
+            else:
+                best = (-np.inf, s0, a0)
+                # coordinate search: scale, then angle, then scale again, on a shrinking step
+                for step_s, step_a in ((0.004, 0.3), (0.002, 0.15), (0.001, 0.075)):
+                    for ds in (-step_s, 0.0, step_s):
+                        for da in (-step_a, 0.0, step_a):
+                            s, a = best[1] * (1 + ds), best[2] + da
+                            sc = try_at(variant, s, a, _SEARCH_SIDE)[0]
+                            if sc > best[0] + 1e-9:
+                                best = (sc, s, a)
+                if variant == "classical":
+                    refined = best[1:]
             _, folded, shift = try_at(variant, best[1], best[2], _MAX_SIDE)
             msg = _decode_list(folded, shift, key)
             if msg is not None:
