@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -421,7 +422,11 @@ def wait_all_final(url: str, expected: int, timeout: float, procs: Iterable[Serv
         final, total = count_final(url)
         return total >= expected and final == total
 
-    wait_until(done, timeout, interval=0.5, what=f"{expected} instances in a final state")
+    try:
+        wait_until(done, timeout, interval=0.5, what=f"{expected} instances in a final state")
+    except TimeoutError as exc:
+        states = Counter(r.state.value for rows in rows_by_sop(url).values() for r in rows)
+        raise TimeoutError(f"{exc}; states now {dict(states)}") from None
 
 
 def check_ingest(url: str, data_dir: Path, files: list[StudyFile], keys_path: Path) -> dict[str, int]:

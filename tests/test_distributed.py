@@ -156,6 +156,37 @@ def test_kill_9_worker_mid_study(tmp_path: Path, services) -> None:
                 p.stop()
 
 
+def test_lost_queued_message_is_requeued(tmp_path: Path, services) -> None:
+    """A row QUEUED whose broker message is gone (taken by a worker killed
+    before it claimed the row) is queued again once nothing waits on the
+    broker, without waiting for Redis' visibility timeout."""
+    import redis
+
+    url, broker = services
+    files = build_study(tmp_path / "study", (("ct", "CT", (("693_UNCR.dcm", 2),)),))
+    port = free_port()
+    env = {"DICOM_WM_STALE_AFTER_S": "3", "DICOM_WM_RECONCILE_INTERVAL_S": "1"}  # visibility timeout: 1 h default
+    data, serve, _none = _start(tmp_path, url, broker, port, workers=0, env=env)
+    worker = None
+    try:
+        assert send_with_pynetdicom(port, [f.path for f in files]) == [0] * len(files)
+        client = redis.Redis.from_url(broker)
+        wait_until(lambda: client.llen("embed") == len(files), 30, what="the messages on the broker")
+        client.delete("embed")  # lost
+        worker = _worker(tmp_path, url, broker, "worker", env)
+        wait_all_final(url, len(files), timeout=60, procs=[serve, worker])
+        counts = check_ingest(url, data, files, data / "keys.json")
+        assert counts["WATERMARKED"] == len(files)
+        shown = json.loads(_cli("show", files[0].sop_instance_uid, "--json", "--db", url, "--data-dir", str(data)).stdout)
+        queued = [e for e in shown["events"] if e["kind"] == "queued"]
+        assert [e["details"].get("requeue") for e in queued] == [None, "stuck"]
+        assert "stuck instance(s)" in serve.log_text()
+    finally:
+        for p in (serve, worker):
+            if p is not None:
+                p.stop()
+
+
 def _crops(out_dir: Path, count: int) -> list[StudyFile]:
     """``count`` small instances of one series with real texture (128² CT and
     144² MR crops of held-out images, two shapes and bit depths): the learned

@@ -141,6 +141,49 @@ def test_stale_watermarking_rows_are_requeued(sessions) -> None:
         d.stop()
 
 
+class FakeBrokerBackend(FakeBackend):
+    """Reports how many submissions wait on the broker."""
+
+    def __init__(self, depth: int | Exception) -> None:
+        super().__init__()
+        self.depth = depth
+
+    def waiting(self) -> int:
+        if isinstance(self.depth, Exception):
+            raise self.depth
+        return self.depth
+
+
+@pytest.mark.parametrize(
+    ("backend", "requeued"),
+    [
+        (FakeBrokerBackend(0), True),  # nothing waiting: the message was lost (a worker killed before its claim)
+        (FakeBrokerBackend(3), False),  # a backlog: the row may be behind it
+        (FakeBrokerBackend(ConnectionError("broker down")), False),
+        (FakeBackend(), False),  # a backend that cannot tell
+    ],
+)
+def test_stale_queued_rows_are_requeued_only_when_nothing_waits(sessions, backend, requeued) -> None:
+    old, fresh = _rows(sessions, 2, InstanceState.QUEUED)
+    with sessions() as s:
+        s.execute(update(Instance).where(Instance.id == old).values(updated_at=utcnow() - timedelta(seconds=30)))
+        s.commit()
+    d = Dispatcher(sessions, backend, stale_after_s=10)
+    d.start(requeue_pending=False)
+    try:
+        assert d.reconcile() == (1 if requeued else 0)
+        if requeued:
+            wait_until(lambda: backend.ids() == [old], 10, what="lost row re-queued")
+            with sessions() as s:
+                reasons = [e.details.get("requeue") for e in s.scalars(select(Event).where(Event.instance_id == old))]
+            assert "stuck" in reasons
+        else:
+            time.sleep(0.5)
+            assert backend.ids() == []
+    finally:
+        d.stop()
+
+
 def test_reception_first_holds_work_while_instances_arrive(sessions) -> None:
     ids = _rows(sessions, 12)
     backend = FakeBackend()

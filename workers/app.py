@@ -88,23 +88,31 @@ class CeleryBackend:
         ids = [int(i) for i in instance_ids]
         app.send_task(EMBED_BATCH_TASK, args=[ids], queue=self._queue, routing_key=self._queue)
 
+    def waiting(self) -> int:
+        """Messages on this backend's queue that no worker has taken yet."""
+        return _depths((self._queue,))[self._queue]
+
     def close(self) -> None:
         app.pool.force_close_all()
+
+
+def _depths(names: Sequence[str]) -> dict[str, int]:
+    depths: dict[str, int] = {}
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        for name in names:
+            try:
+                _name, count, _consumers = channel.queue_declare(queue=name, passive=True)
+            except conn.channel_errors:  # queue never used yet
+                count = 0
+            depths[name] = int(count)
+    return depths
 
 
 def queue_depths(settings: Settings) -> dict[str, int]:
     """Messages waiting per queue on the broker (Redis: list lengths)."""
     configure(settings)
-    depths: dict[str, int] = {}
-    with app.connection_for_write() as conn:
-        channel = conn.default_channel
-        for name in KNOWN_QUEUES:
-            try:
-                _name, count, _consumers = channel.queue_declare(queue=name, passive=True)
-            except Exception:  # queue never used yet
-                count = 0
-            depths[name] = int(count)
-    return depths
+    return _depths(KNOWN_QUEUES)
 
 
 import workers.tasks  # noqa: E402,F401  (registers the task with the app)

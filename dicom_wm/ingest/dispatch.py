@@ -14,8 +14,13 @@ taking an id for enough more to fill the group.
 The database is the source of truth. On start every row not in a final state
 is queued again; every ``reconcile_interval_s`` rows left RECEIVED (the
 backend refused them, e.g. the broker was down) and rows WATERMARKING for
-longer than ``stale_after_s`` (their worker died) are queued again. A
-duplicate delivery is harmless: the task is idempotent.
+longer than ``stale_after_s`` (their worker died) are queued again. So are
+rows QUEUED for longer than ``stale_after_s`` while the backend reports
+nothing waiting (``Backend.waiting() == 0``): their message was lost, e.g.
+taken by a worker killed before it claimed the row; Redis would give it back
+only after the broker's visibility timeout, and kombu may wait minutes more
+(it scans for expired messages rarely, under a lock a killed worker can leave
+held for 5 minutes). A duplicate delivery is harmless: the task is idempotent.
 """
 
 from __future__ import annotations
@@ -45,7 +50,8 @@ RECEIVED_GRACE_S = 30.0
 
 class Backend(Protocol):
     """Where queued ids go. ``submit`` may raise; the row then stays RECEIVED
-    and the reconciler tries again."""
+    and the reconciler tries again. A backend may also have ``waiting()``:
+    how many submissions no worker has taken yet (see the module docstring)."""
 
     name: str
 
@@ -69,25 +75,22 @@ def pending_instance_ids(sessions: sessionmaker[Session]) -> list[int]:
         )
 
 
-def stuck_instance_ids(sessions: sessionmaker[Session], *, received_grace_s: float, stale_after_s: float) -> list[int]:
+def stuck_instance_ids(
+    sessions: sessionmaker[Session], *, received_grace_s: float, stale_after_s: float, queue_empty: bool = False
+) -> list[int]:
     """RECEIVED rows older than ``received_grace_s`` and WATERMARKING rows
-    claimed longer than ``stale_after_s`` ago."""
+    claimed longer than ``stale_after_s`` ago; with ``queue_empty`` (nothing
+    waiting on the backend) also rows QUEUED longer than ``stale_after_s`` ago."""
     now = utcnow()
+    stale = now - timedelta(seconds=stale_after_s)
+    conditions = [
+        (Instance.state == InstanceState.RECEIVED) & (Instance.updated_at < now - timedelta(seconds=received_grace_s)),
+        (Instance.state == InstanceState.WATERMARKING) & (Instance.claimed_at < stale),
+    ]
+    if queue_empty:
+        conditions.append((Instance.state == InstanceState.QUEUED) & (Instance.updated_at < stale))
     with sessions() as session:
-        return list(
-            session.scalars(
-                select(Instance.id)
-                .where(
-                    or_(
-                        (Instance.state == InstanceState.RECEIVED)
-                        & (Instance.updated_at < now - timedelta(seconds=received_grace_s)),
-                        (Instance.state == InstanceState.WATERMARKING)
-                        & (Instance.claimed_at < now - timedelta(seconds=stale_after_s)),
-                    )
-                )
-                .order_by(Instance.id)
-            )
-        )
+        return list(session.scalars(select(Instance.id).where(or_(*conditions)).order_by(Instance.id)))
 
 
 class Dispatcher:
@@ -164,7 +167,8 @@ class Dispatcher:
         """Queue rows that are stuck (see the module docstring) again."""
         try:
             ids = stuck_instance_ids(
-                self._sessions, received_grace_s=RECEIVED_GRACE_S, stale_after_s=self._stale_after_s
+                self._sessions, received_grace_s=RECEIVED_GRACE_S, stale_after_s=self._stale_after_s,
+                queue_empty=self._backend_queue_empty(),
             )
         except SQLAlchemyError as exc:
             log.warning("reconcile: database unavailable: %s", exc)
@@ -173,6 +177,16 @@ class Dispatcher:
             log.warning("re-queueing %d stuck instance(s)", len(ids))
             self.enqueue_many(ids, "stuck")
         return len(ids)
+
+    def _backend_queue_empty(self) -> bool:
+        waiting = getattr(self._backend, "waiting", None)
+        if waiting is None:
+            return False
+        try:
+            return waiting() == 0
+        except Exception as exc:  # noqa: BLE001 - the broker being down must not kill the thread
+            log.warning("reconcile: could not read the %s queue depth: %s", self._backend.name, exc)
+            return False
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
