@@ -8,7 +8,9 @@
 For every held-out file of dicom_wm.models.corpus and four predictors
 (classic, learned, learned-adaptive, classic-adaptive: the adaptive ones fit
 their per-plane weights on the image, as embed does), in one run: single-layer capacity (A-lattice carriers e in {0, -1} on the positions
-the engine's walk_order makes walkable), and PSNR (peak 2**BitsStored - 1) and
+the engine's walk_order makes walkable; the *ceiling* column counts the
+A-lattice samples: one bit each is the most any predictor can carry in one
+layer), and PSNR (peak 2**BitsStored - 1) and
 max |delta| after embedding a random payload of 0.01, 0.05, 0.1, 0.2 bpp and
 of the full capacity, with the engine's own walk and embed
 (dicom_wm.engine.histogram_shift). Beside them: the Kalker-Willems
@@ -308,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         rca = evaluate(im, AdaptiveFitter(classic))
         n_samples = im.planes.size
         nplanes = im.planes.shape[0]
+        a_samples = nplanes * -(-im.planes.shape[1] * im.planes.shape[2] // 2)  # the A lattice, (r + c) even
 
         def gain(r: Result) -> str:
             return f"{100 * (r.capacity_bits / max(rc.capacity_bits, 1) - 1):+.1f}%"
@@ -316,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
             f"| {name} | {im.modality} | {im.bits_stored}{'s' if im.signed else 'u'} | "
             f"{'x'.join(map(str, im.planes.shape))} | {rc.capacity_bits} | {rl.capacity_bits} | {gain(rl)} | "
             f"{ra.capacity_bits} | {gain(ra)} | {rca.capacity_bits} | {gain(rca)} | "
-            f"{rc.capacity_bits / n_samples:.4f} | {ra.capacity_bits / n_samples:.4f} |"
+            f"{rc.capacity_bits / n_samples:.4f} | {ra.capacity_bits / n_samples:.4f} | "
+            f"{a_samples} ({100 * (a_samples / max(rc.capacity_bits, 1) - 1):+.1f}%) |"
         )
         points = None if args.no_bound else kalker_willems(rc.errors)
         share = rc.walkable / n_samples
@@ -347,8 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     if cap_rows:
         print("### Single-layer capacity (bits)\n")
         print("| file | modality | bits | planes | classic | learned | gain | learned-adaptive | gain | "
-              "classic-adaptive | gain | classic bpp | learned-adaptive bpp |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+              "classic-adaptive | gain | classic bpp | learned-adaptive bpp | ceiling (vs classic) |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         print("\n".join(cap_rows))
         print("\n### PSNR (dB, peak 2^BitsStored-1) and max |Δ|\n")
         print("| file | payload | classic | learned | learned-adaptive | classic-adaptive | Δ dB learned | "
