@@ -6,7 +6,11 @@ per-file distortion / capacity table.
 Speed: for 512x512 CT slices (pydicom-data 693_UNCR), time
     ours     = dcmread + embed (incl. self-check) + dcmwrite
     baseline = dcmread + decode + encode + dcmwrite          (plain pydicom)
-interleaved in one run, and print the ratio of medians (target <= 3).
+interleaved in one run, and print the ratio of medians (target <= 3); also
+verify and restore of the watermarked slice (what a retrieve costs).
+The speed runs twice, each in its own process: with the allocator tuning the
+service applies (dicom_wm.allocator) and with glibc's defaults
+(``--allocator tuned|default`` runs one of them here).
 Table: every corpus image that carries a watermark: PSNR (peak 2^BitsStored-1),
 max |delta|, payload bits, capacity bits, bpp (payload bits per plane /
 samples of one frame-channel).
@@ -16,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import statistics
+import subprocess
 import sys
 import time
 import warnings
@@ -29,9 +35,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from corpus import ok_corpus, pydicom_data_files  # noqa: E402
 
+from dicom_wm.allocator import tune_allocator  # noqa: E402
+
 from dicom_wm.errors import InsufficientCapacity  # noqa: E402
 from dicom_wm.keys import KeyStore  # noqa: E402
-from dicom_wm.watermark import embed_dataset  # noqa: E402
+from dicom_wm.watermark import embed_dataset, restore_dataset, verify_dataset  # noqa: E402
 
 KEYS = KeyStore.in_memory({"kbench001": b"\x5a" * 32}, "kbench001")
 
@@ -50,24 +58,40 @@ def ours(path: Path) -> None:
 
 
 def speed(path: Path, repeat: int) -> None:
-    base_t: list[float] = []
-    our_t: list[float] = []
-    for fn in (baseline, ours):  # warm up caches and imports
+    tuned = tune_allocator()  # as the service does (off with DICOM_WM_MALLOC_TUNING=0)
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, embed_dataset(pydicom.dcmread(path), KEYS).dataset, enforce_file_format=True)
+    marked = buf.getvalue()
+
+    def verify(_: Path) -> None:
+        verify_dataset(pydicom.dcmread(io.BytesIO(marked)), KEYS)
+
+    def restore(_: Path) -> None:
+        restore_dataset(pydicom.dcmread(io.BytesIO(marked)), KEYS)
+
+    rows = (
+        ("pydicom read + decode + encode + write (baseline)", baseline),
+        ("read + embed + self-check + write (dicom-wm)", ours),
+        ("read + verify a watermarked slice (dicom-wm)", verify),
+        ("read + restore a watermarked slice (dicom-wm)", restore),
+    )
+    times: list[list[float]] = [[] for _ in rows]
+    for _, fn in rows:  # warm up caches and imports
         fn(path)
     for _ in range(repeat):
-        for fn, sink in ((baseline, base_t), (ours, our_t)):
+        for (_, fn), sink in zip(rows, times):
             t = time.perf_counter()
             fn(path)
             sink.append(time.perf_counter() - t)
-    b, o = statistics.median(base_t), statistics.median(our_t)
-    print(f"## Speed: {path.name}, {repeat} interleaved runs, medians")
+    med = [statistics.median(t) for t in times]
+    print(f"## Speed: {path.name}, {repeat} interleaved runs, medians, allocator {'tuned' if tuned else 'glibc defaults'}")
     print()
-    print("| pipeline | median ms |")
-    print("|---|---|")
-    print(f"| pydicom read + decode + encode + write (baseline) | {b * 1000:.2f} |")
-    print(f"| read + embed + self-check + write (dicom-wm) | {o * 1000:.2f} |")
+    print("| pipeline | median ms | / baseline |")
+    print("|---|---|---|")
+    for (name, _), m in zip(rows, med):
+        print(f"| {name} | {m * 1000:.2f} | {m / med[0]:.1f} |")
     print()
-    print(f"**ratio dicom-wm / baseline = {o / b:.1f}** (target <= 3)")
+    print(f"**ratio dicom-wm embed / baseline = {med[1] / med[0]:.1f}** (target <= 3)")
     print()
 
 
@@ -103,11 +127,19 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=30)
     ap.add_argument("--table", type=Path, help="also write the per-file table (markdown) here")
     ap.add_argument("--no-table", action="store_true")
+    ap.add_argument("--allocator", choices=("tuned", "default"), help="one speed run, here (default: both, each in a process)")
     args = ap.parse_args()
     data = pydicom_data_files()
     if data is None:
         raise SystemExit("pydicom-data is not installed (pip install -e '.[test]')")
-    speed(data / "693_UNCR.dcm", args.repeat)
+    if args.allocator:
+        os.environ["DICOM_WM_MALLOC_TUNING"] = "1" if args.allocator == "tuned" else "0"
+        speed(data / "693_UNCR.dcm", args.repeat)
+        return
+    for kind in ("tuned", "default"):  # a process each: the tuning cannot be undone in one
+        sys.stdout.flush()
+        cmd = [sys.executable, __file__, "--allocator", kind, "--repeat", str(args.repeat)]
+        subprocess.run(cmd, check=True)
     if args.no_table:
         return
     lines = table()

@@ -194,11 +194,15 @@ def changed_elements(before: Dataset, after: Dataset) -> tuple[Dataset, list[Bas
     Call it before :func:`apply_watermark_header` adds its own elements.
     """
     original = Dataset()
-    for elem in before:
-        if elem.tag in _PIXEL_TAGS:
+    after_raw = after._dict
+    for tag, raw in list(before._dict.items()):
+        if tag in _PIXEL_TAGS or after_raw.get(tag) is raw:
+            # the same element object (a shallow copy shares what it did not
+            # rewrite): equal without decoding either (the costly part)
             continue
-        if elem.tag not in after or after[elem.tag] != elem:
-            original[elem.tag] = copy.deepcopy(elem)
+        elem = before[tag]
+        if tag not in after or after[tag] != elem:
+            original[tag] = copy.deepcopy(elem)
     added = [t for t in after.keys() if t not in before and t not in _PIXEL_TAGS]
     return original, added
 

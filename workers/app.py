@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from celery import Celery
 from kombu import Queue
 
+from dicom_wm.allocator import tune_allocator
 from dicom_wm.settings import KNOWN_QUEUES, Settings
 
 __all__ = ["app", "configure", "EMBED_TASK", "EMBED_BATCH_TASK", "CeleryBackend"]
@@ -33,6 +34,7 @@ def configure(settings: Settings) -> Celery:
     """Point the app at ``settings.broker`` and set the delivery guarantees."""
     global _settings
     _settings = settings
+    tune_allocator()  # also for a plain `celery -A workers.app worker`; prefork children inherit it
     if settings.broker is None:
         raise ValueError("no broker configured (--broker / DICOM_WM_BROKER)")
     app.conf.update(

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from dicom_wm import __version__
+from dicom_wm.allocator import tune_allocator
 from dicom_wm.cli import audit, destinations, files, keys, service, trace
 
 __all__ = ["app", "main", "COMMAND_MODULES"]
@@ -47,4 +48,5 @@ def main() -> None:
     # pydicom's warnings about odd-but-readable input would break the
     # one-line-per-file output; real problems are reported per file.
     warnings.filterwarnings("ignore", module=r"pydicom(\..*)?$")
+    tune_allocator()  # serve, worker and the file commands; forked workers inherit it
     app()

@@ -26,6 +26,7 @@ from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from typing import Any
 
+from dicom_wm.allocator import tune_allocator
 from dicom_wm.ingest.task import Outcome, TaskResult, WorkerContext, process_batch, process_instance
 from dicom_wm.settings import PoolKind, Settings
 
@@ -43,6 +44,7 @@ def retry_delay(settings: Settings, attempt: int) -> float:
 
 def _init_child(settings_values: dict[str, Any], log_level: str) -> None:
     global _child_ctx
+    tune_allocator()
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s [%(processName)s] %(name)s: %(message)s")
     settings = Settings(**settings_values)
     try:  # embedding yields the CPU to reception (and gets all of it when idle)

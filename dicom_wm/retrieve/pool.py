@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
+from dicom_wm.allocator import tune_allocator
 from dicom_wm.db.destinations import EgressPolicy
 from dicom_wm.db.models import InstanceState
 from dicom_wm.errors import KeyStoreError
@@ -118,6 +119,7 @@ _child: KeyCache | None = None
 
 def _init_child(keys_path: str, log_level: int) -> None:
     global _child
+    tune_allocator()
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s [%(processName)s] %(name)s: %(message)s")
     _child = KeyCache(Path(keys_path))
 
