@@ -435,8 +435,15 @@ def main() -> None:
     ap.add_argument("--no-deep", action="store_true",
                     help="ours without the deep pair (rule-based strength map, classical and linear decoders "
                     "only): run beside a default run with the same --seed for paired comparisons")
+    ap.add_argument("--strength-scale", type=float, default=1.0,
+                    help="ours at this multiple of the layer's target rendered rms (an energy check: how the "
+                    "recovery grows with the mark's amplitude; 1.36 is rivaGan's distortion here; default 1)")
     ap.add_argument("--out", type=Path, help="write the markdown report here")
     args = ap.parse_args()
+    if args.strength_scale != 1.0:
+        import dicom_wm.robust.mark as robust_mark
+
+        robust_mark.TARGET_RMS_8BIT *= args.strength_scale
 
     names = tuple(args.images or (QUICK_IMAGES if args.quick else [n for n, _ in IMAGES]))
     attacks = tuple(attack_by_name(a) for a in (args.attacks or (QUICK_ATTACKS if args.quick else [a.name for a in ATTACKS])))
