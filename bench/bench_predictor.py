@@ -42,6 +42,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dicom_wm.allocator import tune_allocator  # noqa: E402
 from dicom_wm.engine.adaptive import AdaptiveFitter  # noqa: E402
 from dicom_wm.engine.histogram_shift import carrier_mask, embed_walk, walk_order  # noqa: E402
 from dicom_wm.engine.learned import LearnedPredictor, load_learned_predictor  # noqa: E402
@@ -292,10 +293,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--speed-only", action="store_true", help="skip capacity and PSNR, print the speed tables")
     args = ap.parse_args(argv)
+    tuned = tune_allocator()  # as every dicom-wm process (off with DICOM_WM_MALLOC_TUNING=0)
     torch.set_num_threads(args.threads)
     learned = load_learned_predictor(args.model, args.device)
     classic = ClassicRhombus()
-    print(f"learned: {learned.name} sha256 {learned.model_sha256} on {learned.device}; baseline: {classic.name}\n")
+    print(f"learned: {learned.name} sha256 {learned.model_sha256} on {learned.device}; baseline: {classic.name}; "
+          f"allocator {'tuned' if tuned else 'glibc defaults'}\n")
 
     cap_rows = []
     psnr_rows = []
