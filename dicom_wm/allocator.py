@@ -49,11 +49,11 @@ def tune_allocator() -> bool:
         return False
     try:
         libc = ctypes.CDLL(None)  # the C library the interpreter runs on
-        mallopt = libc.mallopt
-        gnu = libc.gnu_get_libc_version  # glibc only: musl's mallopt ignores these
-    except (OSError, AttributeError):
+    except OSError:
         return False
-    del gnu
+    if not hasattr(libc, "gnu_get_libc_version"):  # glibc only: musl's mallopt ignores these
+        return False
+    mallopt = libc.mallopt
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
     _tuned = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
