@@ -36,7 +36,6 @@ sys.path.insert(0, str(ROOT / "tests"))
 from corpus import ok_corpus, pydicom_data_files  # noqa: E402
 
 from dicom_wm.allocator import tune_allocator  # noqa: E402
-
 from dicom_wm.errors import InsufficientCapacity  # noqa: E402
 from dicom_wm.keys import KeyStore  # noqa: E402
 from dicom_wm.watermark import embed_dataset, restore_dataset, verify_dataset  # noqa: E402
