@@ -74,3 +74,26 @@ def test_body_is_used_when_the_background_is_too_small():
     assert result.body_unchanged is False
     assert verify_dataset(result.dataset, KEYS).status is VerifyStatus.AUTHENTIC
     assert np.array_equal(read_samples(restore_dataset(result.dataset, KEYS).dataset).samples[0, :, :, 0], img)
+
+
+@pytest.mark.parametrize("seed", [2, 3, 8])
+def test_roi_instance_is_not_read_along_the_standard_walk(seed):
+    """A flat band at the bottom of the range is cheapest, and outside the
+    body, so both walks start there: the first payload copy reads back along
+    the standard walk too. Verify must not take it (its undo would walk the
+    wrong positions and call an intact instance tampered)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:128, 0:128]
+    img = 2048 + 800 * np.sin(xx / rng.uniform(3, 40)) * np.cos(yy / rng.uniform(3, 40))
+    img = img + rng.normal(0, float(rng.choice([0.5, 2, 10])), img.shape)
+    img[:42, :] = 0
+    img = np.clip(np.rint(img), 0, 4095).astype(np.int64)
+    ds = _synthetic(img)
+    result = embed_dataset(ds, KEYS, options=ROI)
+    standard = embed_dataset(ds, KEYS)
+    # the premise: the two walks differ, but the payload starts in the same place
+    stored = read_samples(result.dataset).samples[0, :, :, 0]
+    assert not np.array_equal(stored, read_samples(standard.dataset).samples[0, :, :, 0])
+    assert (stored != img)[:42].any()
+    assert verify_dataset(result.dataset, KEYS).status is VerifyStatus.AUTHENTIC
+    assert np.array_equal(read_samples(restore_dataset(result.dataset, KEYS).dataset).samples[0, :, :, 0], img)

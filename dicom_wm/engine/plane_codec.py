@@ -246,14 +246,14 @@ def _candidate_offsets(bits: np.ndarray) -> Iterator[int]:
 _PREFIX = 32768
 
 
-def _read(flat: np.ndarray, walk: WalkOrder, secret_for: SecretLookup, lo: int, hi: int) -> _Read:
+def _read(flat: np.ndarray, walk: WalkOrder, secret_for: SecretLookup, lo: int, hi: int, mode: WalkMode) -> _Read:
     """Find an authentic copy of a block in one lattice pass and undo it."""
     if len(walk.index) > 2 * _PREFIX:
-        quick = _read_at(flat, walk, read_bits(flat, walk, _PREFIX), [0], secret_for, lo, hi)
+        quick = _read_at(flat, walk, read_bits(flat, walk, _PREFIX), [0], secret_for, lo, hi, mode)
         if quick.block is not None:
             return quick
     bits = read_bits(flat, walk)
-    return _read_at(flat, walk, bits, _candidate_offsets(bits), secret_for, lo, hi)
+    return _read_at(flat, walk, bits, _candidate_offsets(bits), secret_for, lo, hi, mode)
 
 
 def _read_at(
@@ -264,6 +264,7 @@ def _read_at(
     secret_for: SecretLookup,
     lo: int,
     hi: int,
+    mode: WalkMode,
 ) -> _Read:
     problem = "none"
     for off in offsets:
@@ -285,6 +286,11 @@ def _read_at(
             continue
         if block.n_used > len(walk.index):
             continue
+        # The standard and the ROI walk can share a long prefix (a flat
+        # background comes first in both), so a copy written along one can
+        # read back along the other; its undo then walks the wrong positions.
+        if bool(block.walk_flags & WALK_ROI) != mode.roi:
+            continue
         return _Read(block, restore_walk(flat, walk, block.n_used, block.moved_flags, lo, hi, strict=False), None)
     return _Read(None, None, problem)
 
@@ -305,17 +311,17 @@ def read_plane(
     hi: int,
     mode: WalkMode = STANDARD,
 ) -> PlaneReading:
-    first = _read(plane.reshape(-1), walk_a, secret_for, lo, hi)
+    first = _read(plane.reshape(-1), walk_a, secret_for, lo, hi, mode)
     if first.block is not None and first.block.passes == 1:
         return PlaneReading([first.block], first.restored.reshape(plane.shape), None)
     # Two passes (or an unreadable A pass): undo B first, then read A.
     view = lattice_view(plane, 1)
-    second = _read(view.reshape(-1), lattice_walk(view, predictor, 1, lo, hi, mode), secret_for, lo, hi)
+    second = _read(view.reshape(-1), lattice_walk(view, predictor, 1, lo, hi, mode), secret_for, lo, hi, mode)
     if second.block is None or second.block.lattice_pass != 1:
         blocks = [first.block] if first.block is not None else []
         return PlaneReading(blocks, None, first.problem if first.problem != "none" else second.problem)
     restored_b = np.ascontiguousarray(from_view(second.restored.reshape(view.shape), 1))
-    third = _read(restored_b.reshape(-1), lattice_walk(restored_b, predictor, 0, lo, hi, mode), secret_for, lo, hi)
+    third = _read(restored_b.reshape(-1), lattice_walk(restored_b, predictor, 0, lo, hi, mode), secret_for, lo, hi, mode)
     if third.block is None:
         return PlaneReading([second.block], None, third.problem)
     return PlaneReading([third.block, second.block], third.restored.reshape(plane.shape), None)
