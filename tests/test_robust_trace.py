@@ -71,9 +71,24 @@ def test_trace_png_export_names_record_and_recipient(tmp_path: Path) -> None:
     text = runner.invoke(app, ["trace", str(png), "--db", url, *keys])
     assert text.exit_code == 0 and "recipient LEAKY_VIEWER" in text.stdout
 
+    renamed = tmp_path / "leak_copy.bin"  # a leaked copy keeps its content, not always its name
+    renamed.write_bytes(png.read_bytes())
+    again = runner.invoke(app, ["trace", str(renamed), "--json", *keys])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["message"] == out["message"]
+
     none = runner.invoke(app, ["trace", str(clean), "--json", *keys])
     assert none.exit_code == 1
     assert json.loads(none.stdout)["message"] is None
+
+
+def test_file_that_is_neither_dicom_nor_image_is_one_clear_error(tmp_path: Path) -> None:
+    KeyStore.init(tmp_path / "keys.json")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image\n")
+    res = CliRunner().invoke(app, ["trace", str(notes), "--keys", str(tmp_path / "keys.json")])
+    assert res.exit_code == 1
+    assert res.output.strip().splitlines() == [f"error: {notes}: neither a DICOM file nor an image export (PNG, JPEG, TIFF, ...)"]
 
 
 def test_unmarked_dicom_file_traces_to_null(tmp_path: Path) -> None:

@@ -58,7 +58,13 @@ def _dicom_frames(path: Path) -> list[np.ndarray]:
 
     try:
         planes = read_samples(pydicom.dcmread(path))
-    except (InvalidDicomError, UnsupportedInput, OSError) as exc:
+    except InvalidDicomError:
+        # a leaked export is often renamed: read it by its content
+        try:
+            return _export_frames(path)
+        except ValueError:
+            raise ValueError(f"{path}: neither a DICOM file nor an image export (PNG, JPEG, TIFF, ...)") from None
+    except (UnsupportedInput, OSError) as exc:
         raise ValueError(f"{path}: {exc}") from None
     return [f[:, :, 0] if f.shape[-1] == 1 else f for f in planes.samples]
 
