@@ -128,6 +128,35 @@ def test_roi_lossless_setting_is_used_and_recorded(tmp_path: Path) -> None:
     assert details["walk_mode"] == "roi-lossless" and details["body_unchanged"] in (True, False)
 
 
+def test_robust_layer_left_out_when_it_does_not_fit(tmp_path: Path) -> None:
+    """With the robust setting on, an image too small to carry the robust
+    layer's undo information still gets the reversible watermark; the row
+    and the event say the robust layer is missing."""
+    settings = load_settings(data_dir=tmp_path, robust=True)
+    prepare_data_dir(settings)
+    ensure_keys(settings, create=True)
+    migrate.upgrade(settings.db_url)
+    ctx = WorkerContext(settings)
+    small = small_ct()
+    crop = read_samples(small).samples[0, :128, :128, 0]
+    small.Rows = small.Columns = 128
+    small.PixelData = crop.astype("<i2" if small.PixelRepresentation else "<u2").tobytes()
+    iid = _receive(ctx, small)
+    assert process_instance(ctx, iid).outcome is Outcome.WATERMARKED
+    row = _row(ctx, iid)
+    assert row.state_reason.startswith("robust layer left out: insufficient capacity")
+    with ctx.sessions() as s:
+        details = s.scalars(select(Event.details).where(Event.instance_id == iid, Event.kind == "watermarked")).one()
+    assert details["robust_message"] is None and details["robust_left_out"] == row.state_reason
+    stored = pydicom.dcmread(ctx.settings.data_dir / row.archive_path)
+    assert verify_dataset(stored, ctx.keys()).status is VerifyStatus.AUTHENTIC
+    assert np.array_equal(read_samples(restore_dataset(stored, ctx.keys()).dataset).samples[0, :, :, 0], crop)
+
+    iid = _receive(ctx, small_ct())  # a full slice carries both layers
+    assert process_instance(ctx, iid).outcome is Outcome.WATERMARKED
+    assert _row(ctx, iid).state_reason is None
+
+
 def test_engine_refusal_fails_and_keeps_the_original(ctx: WorkerContext, monkeypatch: pytest.MonkeyPatch) -> None:
     import dicom_wm.watermark as wm
 

@@ -38,7 +38,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -438,11 +438,24 @@ def _embed(
     keys = ctx.keys()
     record = uuid.uuid4()
     t = time.perf_counter()
+    robust_left_out = None
     try:
         options = EmbedOptions(roi_lossless=ctx.settings.roi_lossless, robust=ctx.settings.robust)
-        result = embed_dataset(
-            ds, keys, record_uuid=record, options=options, engine_predictor=predictor, pixels=pixels
-        )
+        try:
+            result = embed_dataset(
+                ds, keys, record_uuid=record, options=options, engine_predictor=predictor, pixels=pixels
+            )
+        except InsufficientCapacity as exc:
+            if not options.robust:
+                raise
+            # Tamper evidence comes first: a plane too small (or too clipped)
+            # to also carry the robust layer's undo information still gets
+            # the reversible watermark; the row says the robust layer is missing.
+            robust_left_out = f"robust layer left out: {exc}"
+            result = embed_dataset(
+                ds, keys, record_uuid=record, options=replace(options, robust=False),
+                engine_predictor=predictor, pixels=pixels,
+            )
     except (UnsupportedInput, InsufficientCapacity, SelfCheckFailed) as exc:
         timings["embed"] = time.perf_counter() - t
         kind = type(exc).__name__
@@ -464,7 +477,7 @@ def _embed(
 
     values: dict[str, Any] = {
         "state": InstanceState.WATERMARKED,
-        "state_reason": None,
+        "state_reason": robust_left_out,
         "archive_path": str(rel),
         "stored_transfer_syntax_uid": str(result.dataset.file_meta.TransferSyntaxUID),
         "stored_size": len(stored),
@@ -493,6 +506,7 @@ def _embed(
         "predictor": result.predictor,
         "walk_mode": result.walk_mode,
         "robust_message": result.robust_message,
+        "robust_left_out": robust_left_out,
         "body_unchanged": result.body_unchanged,
         "archive_path": str(rel),
         "stored_sha256": stored_sha,
