@@ -231,7 +231,7 @@ def _suboperations(
                 item, result="sent" if ok else "failed", verdict=prepared.verdict.value,
                 reason=None if ok else ("no C-STORE response" if status is None else "peer refused the instance"),
                 store_status=status, transfer_syntax=sent_in or str(ds.file_meta.TransferSyntaxUID),
-                restored=prepared.restored, converted=converted, cached=prepared.cached,
+                restored=prepared.restored, converted=converted, cached=prepared.cached, note=prepared.note,
             )
     finally:
         audit.flush()

@@ -114,6 +114,29 @@ def test_fingerprint_policy_sends_a_copy_that_names_the_recipient(tmp_path: Path
     assert np.array_equal(read_samples(restore_dataset(sent, keys).dataset).samples, read_samples(original).samples)
 
 
+def test_fingerprint_sends_the_original_with_a_note_where_no_mark_fits(tmp_path: Path) -> None:
+    """A watermarked image too small for the robust layer, and an instance
+    stored as received, go as under ``original``; the note (recorded in the
+    sent event) says the copy carries no fingerprint."""
+    pytest.importorskip("dicom_wm.robust")
+    keys, _ = _keys(tmp_path)
+    small = _ct()
+    crop = read_samples(small).samples[0, :128, :128, 0]
+    small.Rows = small.Columns = 128
+    small.PixelData = crop.astype("<i2" if small.PixelRepresentation else "<u2").tobytes()
+    item, _ = _archive(tmp_path, small, keys)
+    out = _prepare(item, EgressPolicy.FINGERPRINT, keys, tmp_path)
+    assert out.ok and out.restored and out.verdict is Verdict.AUTHENTIC
+    assert out.note.startswith("not fingerprinted: insufficient capacity")
+    assert np.array_equal(read_samples(pydicom.dcmread(io.BytesIO(out.payload))).samples[0, :, :, 0], crop)
+    assert _prepare(item, ORIG, keys, tmp_path).note is None
+
+    received, _ = _archive(tmp_path, _ct(), keys, state="FAILED", instance_id=2)
+    out = _prepare(received, EgressPolicy.FINGERPRINT, keys, tmp_path)
+    assert out.ok and out.verdict is Verdict.HASH_VERIFIED and out.note.startswith("not fingerprinted")
+    assert out.payload == (tmp_path / received.archive_path).read_bytes()
+
+
 def test_a_changed_sample_is_tampered_with_its_tile(tmp_path: Path) -> None:
     keys, _ = _keys(tmp_path)
     item, _ = _archive(tmp_path, _ct(), keys)

@@ -99,6 +99,7 @@ class RetrieveAudit:
         restored: bool = False,
         converted: bool = False,
         cached: bool = False,
+        note: str | None = None,
     ) -> None:
         """Queue one ``sent`` event (``result``: "sent" or "failed")."""
         if result == "sent":
@@ -118,6 +119,8 @@ class RetrieveAudit:
             details["converted_to"] = "Explicit VR Little Endian"
         if cached:
             details["verified"] = "earlier, same bytes (SHA-256)"
+        if note:
+            details["note"] = note
         self._pending.append({"instance_id": item.instance_id, "sop_instance_uid": item.sop_instance_uid,
                               "details": details})
         if len(self._pending) >= BATCH:

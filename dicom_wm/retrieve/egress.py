@@ -83,6 +83,7 @@ class Prepared:
     file_changed: bool | None = None  # file SHA-256 differs from provenance (None: unknown)
     cached: bool = False  # these exact bytes were verified authentic earlier by this process
     seconds: float = 0.0
+    note: str | None = None  # sent, but not as the policy's usual copy: why (goes into the sent event)
 
     @property
     def ok(self) -> bool:
@@ -123,13 +124,18 @@ def _fingerprinted(
     item: RetrieveItem, policy: EgressPolicy, original: Dataset, keys: KeyStore, recipient: str | None, changed: bool
 ) -> Prepared:
     """The verified original, watermarked again (same record) with a robust
-    mark whose message names the recipient: a leaked copy traces to it."""
-    from dicom_wm.errors import DicomWmError
+    mark whose message names the recipient: a leaked copy traces to it. An
+    image too small to carry the mark goes as the verified original, as
+    unwatermarked instances do; the note says so."""
+    from dicom_wm.errors import DicomWmError, InsufficientCapacity
     from dicom_wm.watermark import EmbedOptions, embed_dataset
 
     record = uuid.UUID(item.record_uuid) if item.record_uuid else None
     try:
         marked = embed_dataset(original, keys, record_uuid=record, options=EmbedOptions(robust=True, recipient=recipient))
+    except InsufficientCapacity as exc:
+        return Prepared(item, policy, Verdict.AUTHENTIC, payload=encode_part10(original), restored=True,
+                        file_changed=changed, note=f"not fingerprinted: {exc}")
     except DicomWmError as exc:
         return Prepared(item, policy, Verdict.UNREADABLE, reason=f"cannot fingerprint: {exc}", file_changed=changed)
     return Prepared(item, policy, Verdict.AUTHENTIC, payload=encode_part10(marked.dataset), restored=True,
@@ -179,7 +185,8 @@ def _prepare(
             return refuse(Verdict.UNREADABLE, "no SHA-256 is recorded for this unwatermarked instance")
         if changed:
             return refuse(Verdict.HASH_MISMATCH, "archived file differs from the one recorded (SHA-256)", file_changed=True)
-        return Prepared(item, policy, Verdict.HASH_VERIFIED, payload=data, file_changed=False)
+        note = "not fingerprinted: not watermarked (sent as received)" if policy is EgressPolicy.FINGERPRINT else None
+        return Prepared(item, policy, Verdict.HASH_VERIFIED, payload=data, file_changed=False, note=note)
 
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
