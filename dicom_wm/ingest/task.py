@@ -581,7 +581,8 @@ def _finish(
                 Instance.claim_token == token,
                 Instance.state == InstanceState.WATERMARKING,
             )
-            .values(**values)
+            .values(**values),
+            execution_options={"synchronize_session": False},  # no ORM object of the row in this session
         )
         if res.rowcount != 1:
             session.rollback()
