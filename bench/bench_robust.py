@@ -438,8 +438,15 @@ def main() -> None:
     ap.add_argument("--strength-scale", type=float, default=1.0,
                     help="ours at this multiple of the layer's target rendered rms (an energy check: how the "
                     "recovery grows with the mark's amplitude; 1.36 is rivaGan's distortion here; default 1)")
+    ap.add_argument("--ivar-shifts", type=int,
+                    help="sync peaks the decoder's inverse-variance stage tries (default: the decoder's, 8; "
+                    "1 is the decoder before runner-up peaks): run beside a default run with the same --seed")
     ap.add_argument("--out", type=Path, help="write the markdown report here")
     args = ap.parse_args()
+    if args.ivar_shifts is not None:
+        import dicom_wm.robust.detect as robust_detect
+
+        robust_detect._IVAR_SHIFTS = args.ivar_shifts
     if args.strength_scale != 1.0:
         import dicom_wm.robust.mark as robust_mark
 

@@ -47,10 +47,10 @@ frames (the number of frames changes only how much is summed, not how often a
 check is tried): per whitening, 6 sums (equal, sync-weighted, 4 groups) each
 list-decoded to its 16 best Viterbi paths, and 8 single frames, so 2 x 104 =
 208; 2 geometry hypotheses, one list decode each: 32; plus the single-image
-decoder's own :data:`~dicom_wm.robust.detect.MAX_DECODES` (832 since the
-deep decoder joined it) on the average. So an unmarked cine, or one marked
-under another key, decodes with probability at most
-``MAX_FRAME_DECODES * 2**-32`` per key tried (1072 checks: 2.5e-7;
+decoder's own :data:`~dicom_wm.robust.detect.MAX_DECODES` (944 since its
+inverse-variance stage tries 8 sync peaks) on the average. So an unmarked
+cine, or one marked under another key, decodes with probability at most
+``MAX_FRAME_DECODES * 2**-32`` per key tried (1184 checks: 2.8e-7;
 tests/test_robust_frames.py asserts it stays <= 1e-6).
 
 Work is bounded: each frame is centre-cropped to at most ``_SIDE`` x
