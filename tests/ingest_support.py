@@ -429,7 +429,9 @@ def wait_all_final(url: str, expected: int, timeout: float, procs: Iterable[Serv
         raise TimeoutError(f"{exc}; states now {dict(states)}") from None
 
 
-def check_ingest(url: str, data_dir: Path, files: list[StudyFile], keys_path: Path) -> dict[str, int]:
+def check_ingest(
+    url: str, data_dir: Path, files: list[StudyFile], keys_path: Path, *, worker_killed: bool = False
+) -> dict[str, int]:
     """Every sent instance has exactly one row, is WATERMARKED (or SKIPPED
     for want of pixel data) with exactly one final event, verifies authentic
     and restores to the sent samples; the spool is empty. Returns counts."""
@@ -481,5 +483,14 @@ def check_ingest(url: str, data_dir: Path, files: list[StudyFile], keys_path: Pa
             assert restored[elem.tag].value == elem.value, f"{f.source}: {elem.keyword or elem.tag} changed"
         counts["WATERMARKED"] += 1
     spool = data_dir / "spool"
+    if worker_killed:
+        # A worker killed between its final commit and its clean-up leaves a
+        # spool file no row refers to (every row's spool_path is None above);
+        # serve removes such files at its next start, as here.
+        from dicom_wm.db import get_sessionmaker
+        from dicom_wm.ingest.runtime import clean_spool
+        from dicom_wm.settings import load_settings
+
+        clean_spool(load_settings(data_dir=data_dir, db=url), get_sessionmaker(url))
     assert not spool.exists() or not [p for p in spool.iterdir() if p.is_file()], "spool not empty"
     return counts

@@ -148,7 +148,7 @@ def test_kill_9_worker_mid_study(tmp_path: Path, services) -> None:
         assert watermarked() < len(files), "the worker finished before it could be killed"
         second = _worker(tmp_path, url, broker, "worker-b", env)
         wait_all_final(url, len(files), timeout=300, procs=[serve, second])
-        counts = check_ingest(url, data, files, data / "keys.json")
+        counts = check_ingest(url, data, files, data / "keys.json", worker_killed=True)
         assert counts["WATERMARKED"] == len(files)
     finally:
         for p in (serve, first, second):
