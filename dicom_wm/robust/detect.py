@@ -151,8 +151,13 @@ class _Key:
         self.sync_fft = np.conj(np.fft.rfft2(sync))
 
 
+def _sync_correlation(folded: np.ndarray, key: _Key) -> np.ndarray:
+    """Cyclic correlation of a folded tile with the key's sync chips, per tile shift."""
+    return np.fft.irfft2(np.fft.rfft2(folded) * key.sync_fft, s=folded.shape)
+
+
 def _sync(folded: np.ndarray, key: _Key) -> tuple[float, tuple[int, int]]:
-    corr = np.fft.irfft2(np.fft.rfft2(folded) * key.sync_fft, s=folded.shape)
+    corr = _sync_correlation(folded, key)
     i = int(np.argmax(corr))
     dy, dx = divmod(i, PERIOD)
     sd = float(corr.std()) or 1.0
@@ -161,8 +166,7 @@ def _sync(folded: np.ndarray, key: _Key) -> tuple[float, tuple[int, int]]:
 
 def _sync_peaks(folded: np.ndarray, key: _Key, n: int) -> list[tuple[int, int]]:
     """The ``n`` tile shifts with the highest sync correlation, best first."""
-    corr = np.fft.irfft2(np.fft.rfft2(folded) * key.sync_fft, s=folded.shape)
-    best = np.argsort(corr, axis=None)[::-1][:n]
+    best = np.argsort(_sync_correlation(folded, key), axis=None)[::-1][:n]
     return [divmod(int(i), PERIOD) for i in best]
 
 
