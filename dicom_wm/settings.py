@@ -120,6 +120,9 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = Field(3600, ge=1, description="Redis: redeliver an unacknowledged task after this")
     reconcile_interval_s: float = Field(60.0, gt=0, description="how often serve re-queues stuck rows")
     stale_after_s: float = Field(900.0, gt=0, description="a WATERMARKING row older than this is re-queued")
+    orphan_spool_after_s: float = Field(
+        3600.0, gt=0, description="serve removes a spool file no row refers to once it is this old"
+    )
     reception_quiet_s: float = Field(
         0.3, ge=0, description="embedded: hand work to the pool once no instance arrived for this long (0: at once)"
     )

@@ -308,3 +308,46 @@ def test_group_size_needs_a_backend_that_takes_groups(sessions) -> None:
         Dispatcher(sessions, FakeBackend(), group_size=2)
     with pytest.raises(ValueError, match="group_size 0"):
         Dispatcher(sessions, FakeGroupBackend(), group_size=0)
+
+
+def test_reconcile_runs_housekeeping_and_survives_its_failure(sessions, caplog) -> None:
+    """serve's orphaned-spool sweep rides on the reconcile tick; a sweep that
+    raises (disk or DB trouble) is logged and the dispatcher keeps working."""
+    calls: list[float] = []
+
+    def sweep() -> None:
+        calls.append(time.monotonic())
+        raise OSError("Input/output error")
+
+    backend = FakeBackend()
+    d = Dispatcher(sessions, backend, reconcile_interval_s=0.1, housekeeping=sweep)
+    d.start(requeue_pending=False)
+    try:
+        wait_until(lambda: len(calls) >= 3, 10, what="three sweeps")
+        ids = _rows(sessions, 1)
+        d.enqueue(ids[0])
+        wait_until(lambda: backend.ids() == ids, 10, what="dispatch after failing sweeps")
+    finally:
+        d.stop()
+    assert "housekeeping failed: Input/output error" in caplog.text
+
+
+def test_spool_sweep_removes_only_old_orphans(sessions, tmp_path: Path) -> None:
+    """The running service's sweep (min_age_s): an orphan older than the age
+    goes; a young orphan (a reception between its spool write and its commit)
+    and an old file a row still refers to stay."""
+    import os
+
+    from dicom_wm.ingest.runtime import clean_spool
+    from dicom_wm.settings import load_settings
+
+    (iid,) = _rows(sessions, 1)  # refers to spool/1
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    old = time.time() - 7200
+    for name in ("1", "orphan.old.dcm", "orphan.young.dcm"):
+        (spool / name).write_bytes(b"x")
+    for name in ("1", "orphan.old.dcm"):
+        os.utime(spool / name, (old, old))
+    assert clean_spool(load_settings(data_dir=tmp_path), sessions, min_age_s=3600) == 1
+    assert sorted(p.name for p in spool.iterdir()) == ["1", "orphan.young.dcm"]

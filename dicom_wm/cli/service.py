@@ -163,6 +163,8 @@ def serve(
         # distributed: groups of batch_size ids, one embed_batch message each (the pool batches by itself)
         group_size=1 if settings.embedded else settings.batch_size,
         group_wait_s=settings.batch_wait_ms / 1000.0,
+        # a worker killed between its commit and the unlink leaves an orphan behind
+        housekeeping=lambda: clean_spool(settings, sessions, min_age_s=settings.orphan_spool_after_s),
     )
     if settings.embedded:
         backend.set_on_broken(lambda: dispatcher.enqueue_many(pending_instance_ids(sessions), "pool restart"))

@@ -21,6 +21,7 @@ taken by a worker killed before it claimed the row; Redis would give it back
 only after the broker's visibility timeout, and kombu may wait minutes more
 (it scans for expired messages rarely, under a lock a killed worker can leave
 held for 5 minutes). A duplicate delivery is harmless: the task is idempotent.
+Each reconcile also runs ``housekeeping`` (serve: the orphaned-spool sweep).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from typing import Protocol
 
@@ -109,6 +110,7 @@ class Dispatcher:
         max_hold_s: float = 10.0,
         group_size: int = 1,
         group_wait_s: float = 0.0,
+        housekeeping: Callable[[], object] | None = None,
     ) -> None:
         if group_size < 1:
             raise ValueError(f"group_size {group_size} must be at least 1")
@@ -126,6 +128,7 @@ class Dispatcher:
         self._max_hold_s = max_hold_s
         self._group_size = group_size
         self._group_wait_s = group_wait_s
+        self._housekeeping = housekeeping
         # ids marked QUEUED per transaction: whole groups, so a chunk boundary
         # does not split one
         self._chunk = max(group_size, _BATCH // group_size * group_size)
@@ -176,7 +179,16 @@ class Dispatcher:
         if ids:
             log.warning("re-queueing %d stuck instance(s)", len(ids))
             self.enqueue_many(ids, "stuck")
+        self._run_housekeeping()
         return len(ids)
+
+    def _run_housekeeping(self) -> None:
+        if self._housekeeping is None:
+            return
+        try:
+            self._housekeeping()
+        except Exception as exc:  # noqa: BLE001 - a full disk or a DB outage must not kill the thread
+            log.warning("housekeeping failed: %s", exc)
 
     def _backend_queue_empty(self) -> bool:
         waiting = getattr(self._backend, "waiting", None)

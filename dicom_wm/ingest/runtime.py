@@ -79,8 +79,9 @@ def clean_spool(settings: Settings, sessions: sessionmaker[Session], *, min_age_
     and the commit (the sender got no success and sends again), an
     interrupted temp file, or a crash between a worker's commit and its
     clean-up. Called by serve before it listens, when no reception can be in
-    progress (one serve per data dir); ``min_age_s`` spares younger files when
-    called while receiving. Returns how many were removed."""
+    progress (one serve per data dir), and at every reconcile with
+    ``min_age_s`` = ``orphan_spool_after_s``, which spares the files of
+    receptions in progress. Returns how many were removed."""
     spool = settings.spool_dir
     if not spool.is_dir():
         return 0
