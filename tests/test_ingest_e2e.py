@@ -77,8 +77,9 @@ def test_study_of_200_instances_embedded(tmp_path: Path) -> None:
 
 
 def _pool_processes(pid: int) -> list[int]:
-    """The embedded pool's worker processes (spawned children, not the
-    multiprocessing resource tracker)."""
+    """The embedded pool's worker processes: spawned children at nice
+    ``pool_nice`` (10), not the resource tracker or the retrieve pool's
+    verification processes (nice 0)."""
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
     found = []
     for child in map(int, out.split()):
@@ -86,9 +87,16 @@ def _pool_processes(pid: int) -> list[int]:
             cmdline = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        if "multiprocessing" in cmdline and "resource_tracker" not in cmdline:
+        if "multiprocessing" in cmdline and "resource_tracker" not in cmdline and _nice(child) == 10:
             found.append(child)
     return found
+
+
+def _nice(pid: int) -> int | None:
+    try:  # field 19 of /proc/PID/stat; the command name (field 2) may hold spaces
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _watermarked(url: str) -> int:
@@ -175,3 +183,60 @@ def _send_ignoring_abort(port: int, paths: list[Path]) -> list[int]:
     if assoc.is_established:
         assoc.release()
     return statuses
+
+
+def test_instance_that_kills_its_worker_every_time_is_failed_and_the_rest_goes_on(tmp_path: Path) -> None:
+    """A pool process dies on every attempt at one instance (as an
+    out-of-memory kill or a crashing decoder would do): after its attempts
+    are used up the instance is FAILED with the received bytes archived,
+    instead of breaking the pool forever, and later instances are watermarked."""
+    from sqlalchemy import select
+
+    from dicom_wm.db import Instance, get_sessionmaker
+    from ingest_support import small_ct, source_file
+
+    data = tmp_path / "data"
+    url = f"sqlite:///{(data / 'dicom-wm.sqlite3').resolve()}"
+    port = free_port()
+    serve = ServiceProcess(
+        ["serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data), "--workers", "1"],
+        tmp_path / "serve.log", env={"DICOM_WM_MAX_RETRIES": "0"},  # 1 attempt + 2 allowed interruptions
+    )
+    poison = source_file("color3d_jpeg_baseline.dcm")  # a 120-frame cine: seconds per attempt
+    sessions = get_sessionmaker(url)
+    kills: list[int] = []
+
+    def kill_while_embedding() -> bool:
+        with sessions() as s:
+            row = s.scalars(select(Instance)).first()
+            if row is None or row.state.value in ("WATERMARKED", "FAILED"):
+                return row is not None
+            if row.state.value == "WATERMARKING" and row.attempts not in kills:
+                pool = _pool_processes(serve.pid)
+                if pool:
+                    os.kill(pool[0], 9)
+                    kills.append(row.attempts)
+        return False
+
+    try:
+        wait_for_echo(port, timeout=60, proc=serve.proc)
+        assert send_with_pynetdicom(port, [poison]) == [0]
+        wait_until(kill_while_embedding, 180, interval=0.05, what="the poison instance final")
+        ct = tmp_path / "ct.dcm"
+        small_ct().save_as(ct, enforce_file_format=True)
+        assert send_with_pynetdicom(port, [ct]) == [0]
+        wait_all_final(url, 2, timeout=120, procs=[serve])
+    finally:
+        assert serve.stop() == 0, serve.log_text()[-3000:]
+    assert kills == [1, 2, 3]
+    rows = sorted((r for rs in rows_by_sop(url).values() for r in rs), key=lambda r: r.id)
+    assert [r.state.value for r in rows] == ["FAILED", "WATERMARKED"]
+    assert rows[0].state_reason.startswith("gave up after 3 attempts without a final result")
+    import hashlib
+
+    import pydicom
+
+    kept = data / rows[0].archive_path  # the bytes as received, which carry the sent pixel data
+    assert hashlib.sha256(kept.read_bytes()).hexdigest() == rows[0].received_sha256 == rows[0].stored_sha256
+    assert pydicom.dcmread(kept).PixelData == pydicom.dcmread(poison).PixelData
+    assert serve.log_text().count("a worker process died") == 3

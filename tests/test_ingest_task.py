@@ -216,3 +216,27 @@ def test_missing_spool_file_fails_with_reason(ctx: WorkerContext) -> None:
     (ctx.settings.data_dir / _row(ctx, iid).spool_path).unlink()
     result = process_instance(ctx, iid)
     assert result.outcome is Outcome.FAILED and "missing" in result.reason
+
+
+def test_instance_that_keeps_killing_its_worker_is_failed_not_claimed_forever(ctx: WorkerContext) -> None:
+    """A worker killed mid-embed (out of memory, a crashing decoder) leaves the
+    row WATERMARKING; the pool or broker hands it out again. Once its claims
+    exceed the retry budget (max_retries 2: 3 attempts) plus 2 for benign
+    interruptions, the next claim fails it and keeps the received bytes."""
+    iid = _receive(ctx, small_ct())
+    with ctx.sessions() as s:  # five claims that ended with the worker's death
+        s.execute(update(Instance).where(Instance.id == iid).values(state=InstanceState.WATERMARKING, attempts=4))
+        s.commit()
+    assert process_instance(ctx, iid).outcome is Outcome.WATERMARKED  # the fifth claim is still allowed
+
+    iid = _receive(ctx, small_ct())
+    with ctx.sessions() as s:
+        s.execute(update(Instance).where(Instance.id == iid).values(state=InstanceState.WATERMARKING, attempts=5))
+        s.commit()
+    result = process_instance(ctx, iid)
+    assert result.outcome is Outcome.FAILED
+    row = _row(ctx, iid)
+    assert row.state is InstanceState.FAILED and row.attempts == 6
+    assert row.state_reason.startswith("gave up after 5 attempts without a final result")
+    assert row.stored_sha256 == row.received_sha256 and (ctx.settings.data_dir / row.archive_path).exists()
+    assert row.spool_path is None and _kinds(ctx, iid) == ["received", "failed"]

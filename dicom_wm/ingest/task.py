@@ -364,8 +364,21 @@ def _batch_predictors(base: Predictor, decoded: list[PixelPlanes | None]) -> lis
 # -- steps ---------------------------------------------------------------------------
 
 
+# Claims beyond the retry budget that may end without a result for a benign
+# reason (a duplicate delivery, a restart mid-task) before a row counts as one
+# that kills its worker (out of memory, a crashing decoder) and is failed
+# instead of being claimed again forever.
+_UNFINISHED_CLAIMS_ALLOWED = 2
+
+
+def _crash_loop_reason(attempts: int) -> str:
+    return (f"gave up after {attempts} attempts without a final result (does this instance kill "
+            "the worker process: out of memory, or a crashing decoder?)")
+
+
 def _claim(ctx: WorkerContext, instance_id: int) -> tuple[Instance, str] | TaskResult:
-    """Take the row (one UPDATE ... RETURNING); a final or missing row is not taken."""
+    """Take the row (one UPDATE ... RETURNING); a final or missing row is not
+    taken, and a row that has used up its attempts without a result is FAILED."""
     token = uuid.uuid4().hex
     now = utcnow()
     with ctx.sessions() as session:
@@ -385,6 +398,8 @@ def _claim(ctx: WorkerContext, instance_id: int) -> tuple[Instance, str] | TaskR
         ).one_or_none()
         session.commit()
         if row is not None:
+            if row.attempts > ctx.settings.max_retries + 1 + _UNFINISHED_CLAIMS_ALLOWED:
+                return _fail(ctx, row, token, _crash_loop_reason(row.attempts - 1), {})
             return row, token
         if session.get(Instance, instance_id) is None:
             log.warning("instance %d: no such row", instance_id)
