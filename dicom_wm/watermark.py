@@ -123,9 +123,13 @@ def _to_planes(samples: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(samples.transpose(0, 3, 1, 2)).reshape(f * ch, r, c)
 
 
-def _from_planes(planes: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+def _stack_planes(planes: list[np.ndarray], shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """(frames, rows, cols, channels) samples from planes in ``_to_planes`` order."""
     f, r, c, ch = shape
-    return np.ascontiguousarray(planes.reshape(f, ch, r, c).transpose(0, 2, 3, 1))
+    out = np.empty(shape, dtype)
+    for p, plane in enumerate(planes):
+        out[p // ch, :, :, p % ch] = plane
+    return out
 
 
 def _walks(
@@ -144,15 +148,26 @@ def _walks(
     return walks
 
 
-def _psnr(a: np.ndarray, b: np.ndarray, bits_stored: int) -> tuple[float, int]:
-    diff = np.abs(a - b)
-    max_abs = int(diff.max()) if diff.size else 0
-    if max_abs <= 1:  # the usual case: squared error is the change count
-        mse = np.count_nonzero(diff) / diff.size if diff.size else 0.0
-    else:
-        mse = float(np.mean(diff.astype(np.float64) ** 2))
-    peak = float(2**bits_stored - 1)
-    return (math.inf if mse == 0 else 10 * math.log10(peak * peak / mse)), max_abs
+class _Distortion:
+    """PSNR and max |delta| summed up plane by plane (no whole-image temporaries)."""
+
+    def __init__(self) -> None:
+        self.squared = 0.0
+        self.count = 0
+        self.max_abs = 0
+
+    def add(self, a: np.ndarray, b: np.ndarray) -> None:
+        diff = np.abs(a.astype(np.int64, copy=False) - b)
+        m = int(diff.max()) if diff.size else 0
+        self.max_abs = max(self.max_abs, m)
+        # the usual case (|delta| <= 1): squared error is the change count
+        self.squared += np.count_nonzero(diff) if m <= 1 else float(np.sum(diff.astype(np.float64) ** 2))
+        self.count += diff.size
+
+    def psnr(self, bits_stored: int) -> float:
+        mse = self.squared / self.count if self.count else 0.0
+        peak = float(2**bits_stored - 1)
+        return math.inf if mse == 0 else 10 * math.log10(peak * peak / mse)
 
 
 def _for_planes(predictor: Predictor, start: int, stop: int) -> Predictor:
@@ -247,7 +262,9 @@ def embed_dataset(
     timings["predict"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    out_planes = np.empty_like(planes)
+    new_samples = np.empty_like(px.samples)  # written plane by plane: no stacked copy of a long cine
+    body_changed = False
+    distortion = _Distortion()
     payload_bits = capacity_bits = 0
     for p, walk in enumerate(walks):
         frame, channel = divmod(p, ch_count)
@@ -263,13 +280,15 @@ def embed_dataset(
             carriers[p], walk, _for_planes(predictor, p, p + 1), template, digests[p],
             secret, px.lo, px.hi, options.max_copies, where, mode,
         )
-        out_planes[p] = emb.watermarked
+        new_samples[frame, :, :, channel] = emb.watermarked
+        distortion.add(emb.watermarked, planes[p])
+        if mode.roi and not body_changed:
+            body_changed = bool((emb.watermarked != planes[p])[mode.protect(planes[p])].any())
         payload_bits += emb.payload_bits
         capacity_bits += emb.capacity_bits
     timings["embed"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    new_samples = _from_planes(out_planes, px.samples.shape)
     out = _writable_copy(ds)
     write_samples(out, new_samples, px)
     original_elements, added_tags = changed_elements(ds, out)
@@ -297,11 +316,8 @@ def embed_dataset(
         raise SelfCheckFailed(f"self-check failed ({problem}); nothing was written")
     timings["self_check"] = time.perf_counter() - t
 
-    psnr, max_abs = _psnr(px.samples, new_samples, px.bits_stored)
-    body_unchanged = None
-    if mode.roi:
-        changed = out_planes != planes
-        body_unchanged = not any(changed[p][mode.protect(planes[p])].any() for p in range(len(planes)))
+    psnr, max_abs = distortion.psnr(px.bits_stored), distortion.max_abs
+    body_unchanged = not body_changed if mode.roi else None
     return EmbedResult(
         dataset=out, record_uuid=str(ruuid), key_id=key_id, payload_bits=payload_bits,
         capacity_bits=capacity_bits, psnr_db=psnr, max_abs_delta=max_abs, lossy_source=px.lossy_source,
@@ -330,10 +346,11 @@ def _self_check(
         px = read_samples(out)
     except UnsupportedInput as exc:
         return f"written pixel data does not decode: {exc}"
-    stored = _to_planes(px.samples)
+    ch_count = px.samples.shape[3]
     lookup = secret_lookup(keys)
     for p, walk in enumerate(walks):
-        reading = read_plane(stored[p], walk, _for_planes(predictor, p, p + 1), lookup, px.lo, px.hi, mode)
+        stored = np.ascontiguousarray(px.samples[p // ch_count, :, :, p % ch_count])  # one plane at a time
+        reading = read_plane(stored, walk, _for_planes(predictor, p, p + 1), lookup, px.lo, px.hi, mode)
         if reading.restored is None:
             return f"plane {p}: payload not readable ({reading.problem})"
         if any(b.instance_mac != imac or b.record_uuid != ruuid for b in reading.blocks):
@@ -523,8 +540,11 @@ def _verify(
     origin = _frame_origins(readings, f_count, ch_count)
     tampered: set[tuple[int, ...]] = set()
     modified: set[int] = set()
-    restored_planes = planes.copy()
-    carrier_planes = planes.copy()  # what the reversible layer carried (robust-marked, with the robust option)
+    # Per-plane references, not copies (a long cine's planes run to GBs):
+    # what the reversible layer carried (robust-marked, with the robust
+    # option), and the original under it.
+    restored_planes: list[np.ndarray] = list(planes)
+    carrier_planes: list[np.ndarray] = list(planes)
     payload_bits = 0
     grid = tile_grid(rows, cols, TILE)
     dtype = canonical_dtype(px.bits_stored, px.signed)
@@ -553,7 +573,8 @@ def _verify(
             if i not in carried or expected[i][: len(carried[i])] != carried[i]:
                 tampered.add((frame, *tile))
                 modified.add(source)
-    restored = _from_planes(restored_planes, px.samples.shape)
+    restored = _stack_planes(restored_planes, px.samples.shape, px.samples.dtype)
+    del restored_planes
     result.payload_bits = payload_bits
     if not tampered and reembed:
         for p, reading in enumerate(readings):

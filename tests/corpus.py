@@ -285,8 +285,8 @@ TABLE: dict[str, str] = {
     _D + "emri_small_jpeg_2k_lossless_too_short.dcm": NO_PIXELS,
 }
 
-#: Entries that decode to more than 50 M samples (the int64 planes alone are
-#: 884 MB): marked ``slow`` by :func:`corpus_params`.
+#: Entries that decode to more than 50 M samples (the int32 planes alone are
+#: 442 MB): marked ``slow`` by :func:`corpus_params`.
 SLOW = frozenset({_D + "color3d_jpeg_baseline.dcm"})
 
 

@@ -71,12 +71,12 @@ class LearnedPredictor:
         preds, costs = [], []
         with torch.no_grad(), exact_mode():
             for start in range(0, n, step):
-                x = torch.from_numpy(np.ascontiguousarray(planes[start : start + step])).to(self.device)
+                x = torch.from_numpy(np.ascontiguousarray(planes[start : start + step], dtype=np.int64)).to(self.device)
                 p, c = self.net(x)
                 preds.append(p.cpu().numpy())
                 costs.append(c.cpu().numpy())
-        pred = np.concatenate(preds) if preds else np.zeros_like(planes)
-        cost = np.concatenate(costs) if costs else np.zeros_like(planes)
+        pred = np.concatenate(preds) if preds else np.zeros(planes.shape, np.int64)
+        cost = np.concatenate(costs) if costs else np.zeros(planes.shape, np.int64)
         return pred, cost
 
     def predict(self, planes: np.ndarray) -> np.ndarray:

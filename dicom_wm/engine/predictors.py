@@ -67,7 +67,7 @@ def neighbours(planes: np.ndarray) -> tuple[np.ndarray, ...]:
 def _narrow(planes: np.ndarray) -> np.ndarray:
     """int32 copy when sums of four samples cannot overflow it (faster)."""
     if planes.size and max(abs(int(planes.min())), abs(int(planes.max()))) < 2**28:
-        return planes.astype(np.int32)
+        return planes.astype(np.int32, copy=False)
     return planes
 
 

@@ -44,12 +44,12 @@ def padded_indices(n: int, pad: int) -> np.ndarray:
 
 
 def check_planes(planes: np.ndarray) -> None:
-    """Validate a predictor input: int64, (n, rows, cols), rows/cols >= 2,
-    |sample| < 2**40."""
+    """Validate a predictor input: int32 or int64, (n, rows, cols),
+    rows/cols >= 2, |sample| < 2**40."""
     if not isinstance(planes, np.ndarray):
         raise TypeError(f"planes must be a numpy array, not {type(planes).__name__}")
-    if planes.dtype != np.int64:
-        raise TypeError(f"planes must be int64, not {planes.dtype}")
+    if planes.dtype not in (np.int32, np.int64):
+        raise TypeError(f"planes must be int32 or int64, not {planes.dtype}")
     if planes.ndim != 3:
         raise ValueError(f"planes must have shape (n, rows, cols), not {planes.shape}")
     if planes.shape[1] < 2 or planes.shape[2] < 2:

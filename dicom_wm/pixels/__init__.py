@@ -4,8 +4,8 @@ write samples back as native, lossless pixel data without changing one.
 See docs/pixels.md for what is supported, what is refused and why.
 """
 
-from .planes import PixelPlanes
+from .planes import PixelPlanes, sample_dtype
 from .reader import read_samples
 from .writer import write_samples
 
-__all__ = ["PixelPlanes", "read_samples", "write_samples"]
+__all__ = ["PixelPlanes", "read_samples", "sample_dtype", "write_samples"]

@@ -6,12 +6,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["PixelPlanes", "stored_range"]
+__all__ = ["PixelPlanes", "stored_range", "sample_dtype"]
 
 
 def stored_range(bits_stored: int, signed: bool) -> tuple[int, int]:
     """(lo, hi) of the values *Bits Stored* bits can hold."""
     return (-(1 << (bits_stored - 1)), (1 << (bits_stored - 1)) - 1) if signed else (0, (1 << bits_stored) - 1)
+
+
+def sample_dtype(bits_stored: int, signed: bool) -> type[np.signedinteger]:
+    """The integer type samples are decoded to: ``int32`` up to 16 bits (sums
+    of a few samples and their differences stay far inside it, at half the
+    memory of a long cine), ``int64`` above."""
+    return np.int32 if bits_stored <= 16 else np.int64
 
 
 @dataclass(frozen=True)
@@ -21,7 +28,8 @@ class PixelPlanes:
     Attributes
     ----------
     samples : numpy.ndarray
-        ``int64``, shape ``(frames, rows, columns, channels)``, always colour
+        ``sample_dtype(bits_stored, signed)`` (``int32`` up to 16 bits,
+        ``int64`` above), shape ``(frames, rows, columns, channels)``, always colour
         by pixel whatever the dataset's *Planar Configuration*. These are the
         *stored* values: signed samples are sign-extended from *Bits Stored*,
         bits above *Bits Stored* are dropped; no rescale, LUT or colour

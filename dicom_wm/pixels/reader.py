@@ -9,7 +9,7 @@ from pydicom.pixels import get_decoder
 from dicom_wm.errors import UnsupportedInput
 
 from .image_pixel import ImagePixel, image_pixel
-from .planes import PixelPlanes
+from .planes import PixelPlanes, sample_dtype
 from .syntaxes import SyntaxInfo, syntax_info
 
 __all__ = ["read_samples", "transfer_syntax"]
@@ -49,7 +49,8 @@ def read_samples(ds: Dataset) -> PixelPlanes:
     Returns
     -------
     PixelPlanes
-        ``samples`` is ``int64`` shaped ``(frames, rows, columns, channels)``.
+        ``samples`` is ``int32`` (``int64`` above 16 bits stored) shaped
+        ``(frames, rows, columns, channels)``.
 
     Raises
     ------
@@ -86,7 +87,7 @@ def read_samples(ds: Dataset) -> PixelPlanes:
         )
     samples = arr.reshape(
         header.frames, header.rows, header.columns, header.samples_per_pixel
-    ).astype(np.int64)
+    ).astype(sample_dtype(header.bits_stored, header.signed))
 
     planes = PixelPlanes(
         samples=samples,
