@@ -245,3 +245,50 @@ def test_gpu_queue_batches_instances_distributed(tmp_path: Path, services) -> No
     finally:
         for p in (serve, worker):
             p.stop()
+
+
+def test_instance_that_kills_its_worker_every_time_is_failed_distributed(tmp_path: Path, services) -> None:
+    """The Celery worker's pool process dies on every attempt at one instance
+    (as an out-of-memory kill would): the message comes back each time
+    (acks_late, reject_on_worker_lost), and once the instance has used up its
+    attempts the next claim fails it, instead of a redelivery loop; the
+    worker then watermarks the next instance."""
+    url, broker = services
+    poison = source_file("color3d_jpeg_baseline.dcm")  # seconds per attempt
+    port = free_port()
+    env = {"DICOM_WM_MAX_RETRIES": "0", "DICOM_WM_VISIBILITY_TIMEOUT_S": "5", "DICOM_WM_STALE_AFTER_S": "5",
+           "DICOM_WM_RECONCILE_INTERVAL_S": "1"}
+    data, serve, (worker,) = _start(tmp_path, url, broker, port, workers=1, env=env)
+    from dicom_wm.db import Instance, get_sessionmaker
+
+    sessions = get_sessionmaker(url)
+    kills: list[int] = []
+
+    def kill_while_embedding() -> bool:
+        with sessions() as s:
+            row = s.scalars(select(Instance)).first()
+            if row is None or row.state.value in ("WATERMARKED", "FAILED"):
+                return row is not None
+            # attempts 1-3 embed (and die); the 4th must not get that far: it
+            # is failed at its claim, which reads and copies but never decodes
+            if row.state.value == "WATERMARKING" and row.attempts not in kills and row.attempts <= 3:
+                children = subprocess.run(["pgrep", "-P", str(worker.pid)], capture_output=True, text=True).stdout.split()
+                if children:
+                    os.kill(int(children[0]), 9)
+                    kills.append(row.attempts)
+        return False
+
+    try:
+        assert send_with_pynetdicom(port, [poison]) == [0]
+        wait_until(kill_while_embedding, 240, interval=0.05, what="the poison instance final")
+        ct = build_study(tmp_path / "study", (("ct", "CT", (("693_UNCR.dcm", 1),)),))
+        assert send_with_pynetdicom(port, [f.path for f in ct]) == [0]
+        wait_all_final(url, 2, timeout=120, procs=[serve, worker])
+    finally:
+        for p in (serve, worker):
+            p.stop()
+    assert kills == [1, 2, 3]
+    rows = sorted((r for rs in rows_by_sop(url).values() for r in rs), key=lambda r: r.id)
+    assert [r.state.value for r in rows] == ["FAILED", "WATERMARKED"]
+    assert rows[0].state_reason.startswith("gave up after 3 attempts without a final result")
+    assert rows[0].stored_sha256 == rows[0].received_sha256 and (data / rows[0].archive_path).is_file()
