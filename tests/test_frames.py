@@ -107,3 +107,34 @@ def test_modified_frame_after_a_drop_names_original_index(watermarked):
     assert check.frames["missing"] == [0]
     assert check.frames["modified"] == [3]
     assert [2, 0, 0, 64, 64] in check.tampered_tiles  # tiles name received positions
+
+
+def _without_header(ds: Dataset) -> Dataset:
+    out = copy.deepcopy(ds)
+    for elem in list(out):
+        if elem.tag.group == 0x0077:
+            del out[elem.tag]
+    return out
+
+
+def test_unwatermarked_multiframe_is_decided_from_a_probe(monkeypatch):
+    """Without our header, a long multi-frame instance is probed on 5 frames
+    first; nothing there means not_watermarked without reading the rest."""
+    import dicom_wm.watermark as wm
+
+    calls: list[int] = []
+    real = wm.read_plane
+    monkeypatch.setattr(wm, "read_plane", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert verify_dataset(cine(frames=12), KEYS).status is VerifyStatus.NOT_WATERMARKED
+    assert len(calls) == 5 * 2  # 5 probed frames x 2 walk modes, not 12 x 2
+
+
+def test_multiframe_without_header_is_still_read_in_full(watermarked):
+    """A probed frame that carries a payload sends verify through every
+    frame: the header is not needed to verify, nor to find an edit."""
+    bare = _without_header(watermarked)
+    assert verify_dataset(bare, KEYS).status is VerifyStatus.AUTHENTIC
+    s = frames_of(bare).copy()
+    s[3, 40, 40, 0] += 1  # frame 3 is the one of 6 that is not probed (0, 1, 2, 4, 5 are)
+    check = verify_dataset(edited(bare, s), KEYS)
+    assert check.status is VerifyStatus.TAMPERED and check.frames["modified"] == [3]
