@@ -13,6 +13,7 @@ after its imports (``ru_maxrss`` minus the RSS before the step):
     embed    = dcmread + embed (incl. self-check) + dcmwrite
     verify   = dcmread of the watermarked file + verify
     restore  = dcmread of the watermarked file + restore + dcmwrite
+    verify-unmarked = dcmread of the source (never watermarked) + verify
 
 and each step's ratio to the baseline.
 """
@@ -34,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 KEY_ID, SECRET = "kbench001", b"\x5a" * 32
-STEPS = ("baseline", "embed", "verify", "restore")
+STEPS = ("baseline", "embed", "verify", "restore", "verify-unmarked")
 
 
 def _rss_mb() -> float:
@@ -65,6 +66,10 @@ def _job(step: str, source: Path, marked: Path) -> dict[str, float]:
         status = verify_dataset(pydicom.dcmread(marked), keys).status.value
         if status != "authentic":
             raise SystemExit(f"verify said {status}")
+    elif step == "verify-unmarked":
+        status = verify_dataset(pydicom.dcmread(source), keys).status.value
+        if status != "not_watermarked":
+            raise SystemExit(f"verify of the source said {status}")
     elif step == "restore":
         pydicom.dcmwrite(io.BytesIO(), restore_dataset(pydicom.dcmread(marked), keys).dataset, enforce_file_format=True)
     seconds = time.perf_counter() - t
