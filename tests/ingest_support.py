@@ -162,6 +162,34 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
         time.sleep(interval)
 
 
+def killer_of_embedding_attempts(
+    url: str, worker_pids: Callable[[], list[int]], kills: list[int], up_to_attempt: int
+) -> Callable[[], bool]:
+    """A ``wait_until`` predicate for a database holding one instance: while
+    that instance is WATERMARKING at an attempt up to ``up_to_attempt`` not
+    yet in ``kills``, SIGKILL the first of ``worker_pids()`` and note the
+    attempt; true once the instance is final."""
+    from sqlalchemy import select
+
+    from dicom_wm.db import Instance, get_sessionmaker
+
+    sessions = get_sessionmaker(url)
+
+    def check() -> bool:
+        with sessions() as s:
+            row = s.scalars(select(Instance)).first()
+            if row is None or row.state.value in ("WATERMARKED", "FAILED", "SKIPPED"):
+                return row is not None
+            if row.state.value == "WATERMARKING" and row.attempts not in kills and row.attempts <= up_to_attempt:
+                pids = worker_pids()
+                if pids:
+                    os.kill(pids[0], signal.SIGKILL)
+                    kills.append(row.attempts)
+        return False
+
+    return check
+
+
 def echo_ok(port: int, ae_title: str = "DICOMWM", calling: str = "ECHOSCU") -> bool:
     ae = AE(ae_title=calling)
     ae.add_requested_context(Verification)

@@ -30,6 +30,7 @@ from ingest_support import (
     dcmtk_storescu,
     dicom_wm_command,
     free_port,
+    killer_of_embedding_attempts,
     require_services,
     rows_by_sop,
     send_with_dcmtk,
@@ -259,24 +260,14 @@ def test_instance_that_kills_its_worker_every_time_is_failed_distributed(tmp_pat
     env = {"DICOM_WM_MAX_RETRIES": "0", "DICOM_WM_VISIBILITY_TIMEOUT_S": "5", "DICOM_WM_STALE_AFTER_S": "5",
            "DICOM_WM_RECONCILE_INTERVAL_S": "1"}
     data, serve, (worker,) = _start(tmp_path, url, broker, port, workers=1, env=env)
-    from dicom_wm.db import Instance, get_sessionmaker
-
-    sessions = get_sessionmaker(url)
     kills: list[int] = []
 
-    def kill_while_embedding() -> bool:
-        with sessions() as s:
-            row = s.scalars(select(Instance)).first()
-            if row is None or row.state.value in ("WATERMARKED", "FAILED"):
-                return row is not None
-            # attempts 1-3 embed (and die); the 4th must not get that far: it
-            # is failed at its claim, which reads and copies but never decodes
-            if row.state.value == "WATERMARKING" and row.attempts not in kills and row.attempts <= 3:
-                children = subprocess.run(["pgrep", "-P", str(worker.pid)], capture_output=True, text=True).stdout.split()
-                if children:
-                    os.kill(int(children[0]), 9)
-                    kills.append(row.attempts)
-        return False
+    def pool_children() -> list[int]:
+        return [int(p) for p in subprocess.run(["pgrep", "-P", str(worker.pid)], capture_output=True, text=True).stdout.split()]
+
+    # attempts 1-3 embed (and die); the 4th must not get that far: it is
+    # failed at its claim, which reads and copies but never decodes
+    kill_while_embedding = killer_of_embedding_attempts(url, pool_children, kills, 3)
 
     try:
         assert send_with_pynetdicom(port, [poison]) == [0]

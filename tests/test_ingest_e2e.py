@@ -190,10 +190,7 @@ def test_instance_that_kills_its_worker_every_time_is_failed_and_the_rest_goes_o
     out-of-memory kill or a crashing decoder would do): after its attempts
     are used up the instance is FAILED with the received bytes archived,
     instead of breaking the pool forever, and later instances are watermarked."""
-    from sqlalchemy import select
-
-    from dicom_wm.db import Instance, get_sessionmaker
-    from ingest_support import small_ct, source_file
+    from ingest_support import killer_of_embedding_attempts, small_ct, source_file
 
     data = tmp_path / "data"
     url = f"sqlite:///{(data / 'dicom-wm.sqlite3').resolve()}"
@@ -203,22 +200,10 @@ def test_instance_that_kills_its_worker_every_time_is_failed_and_the_rest_goes_o
         tmp_path / "serve.log", env={"DICOM_WM_MAX_RETRIES": "0"},  # 1 attempt + 2 allowed interruptions
     )
     poison = source_file("color3d_jpeg_baseline.dcm")  # a 120-frame cine: seconds per attempt
-    sessions = get_sessionmaker(url)
     kills: list[int] = []
-
-    def kill_while_embedding() -> bool:
-        with sessions() as s:
-            row = s.scalars(select(Instance)).first()
-            if row is None or row.state.value in ("WATERMARKED", "FAILED"):
-                return row is not None
-            # attempts 1-3 embed (and die); the 4th must not get that far: it
-            # is failed at its claim, which reads and copies but never decodes
-            if row.state.value == "WATERMARKING" and row.attempts not in kills and row.attempts <= 3:
-                pool = _pool_processes(serve.pid)
-                if pool:
-                    os.kill(pool[0], 9)
-                    kills.append(row.attempts)
-        return False
+    # attempts 1-3 embed (and die); the 4th must not get that far: it is
+    # failed at its claim, which reads and copies but never decodes
+    kill_while_embedding = killer_of_embedding_attempts(url, lambda: _pool_processes(serve.pid), kills, 3)
 
     try:
         wait_for_echo(port, timeout=60, proc=serve.proc)
