@@ -114,6 +114,10 @@ class Settings(BaseSettings):
     )
     roi_lossless: bool = Field(False, description="walk the detected body last (unchanged when the rest suffices)")
     robust: bool = Field(False, description="add the robust leak-tracing layer under the reversible one")
+    max_embed_memory_mb: int | None = Field(
+        None, ge=1, description="FAIL (stored as received) an image whose watermarking would need more memory "
+        "than this per worker; default: the machine's memory / worker processes"
+    )
     max_retries: int = Field(5, ge=0, description="retries of a transient failure before FAILED")
     retry_backoff_s: float = Field(2.0, gt=0, description="first retry delay; doubles each retry")
     retry_backoff_max_s: float = Field(300.0, gt=0)
@@ -186,6 +190,18 @@ class Settings(BaseSettings):
     @property
     def worker_count(self) -> int:
         return self.workers or os.cpu_count() or 1
+
+    @property
+    def embed_memory_limit_mb(self) -> int | None:
+        """``max_embed_memory_mb``, else this machine's memory shared by the
+        worker processes (None where the platform does not say)."""
+        if self.max_embed_memory_mb is not None:
+            return self.max_embed_memory_mb
+        try:
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            return None
+        return max(1, total // self.worker_count // 2**20)
 
     @property
     def spool_dir(self) -> Path:

@@ -4,6 +4,7 @@ idempotency, superseded attempts, transient failures."""
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -240,3 +241,31 @@ def test_instance_that_keeps_killing_its_worker_is_failed_not_claimed_forever(ct
     assert row.state_reason.startswith("gave up after 5 attempts without a final result")
     assert row.stored_sha256 == row.received_sha256 and (ctx.settings.data_dir / row.archive_path).exists()
     assert row.spool_path is None and _kinds(ctx, iid) == ["received", "failed"]
+
+
+def test_image_too_large_for_the_memory_limit_fails_before_decoding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An image whose watermarking would need more than max_embed_memory_mb
+    is FAILED with the reason and stored as received, without being decoded
+    (an out-of-memory kill would take the worker with it)."""
+    import dicom_wm.watermark as wm
+
+    settings = load_settings(data_dir=tmp_path, max_embed_memory_mb=4)  # a 512x512 slice needs ~8 MiB
+    prepare_data_dir(settings)
+    ensure_keys(settings, create=True)
+    migrate.upgrade(settings.db_url)
+    ctx = WorkerContext(settings)
+    monkeypatch.setattr(wm, "embed_dataset", lambda *a, **k: pytest.fail("embed_dataset was called"))
+    iid = _receive(ctx, small_ct())
+    result = process_instance(ctx, iid)
+    assert result.outcome is Outcome.FAILED
+    row = _row(ctx, iid)
+    assert row.state is InstanceState.FAILED
+    assert row.state_reason == ("too large to watermark here: 262144 samples need about 8 MiB, more than the 4 MiB "
+                                "a worker may use (max_embed_memory_mb; fewer workers give each more)")
+    assert row.stored_sha256 == row.received_sha256 and (ctx.settings.data_dir / row.archive_path).exists()
+
+
+def test_default_memory_limit_is_the_machines_share_per_worker(tmp_path: Path) -> None:
+    total_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    assert load_settings(data_dir=tmp_path, workers=2).embed_memory_limit_mb == total_mb // 2
+    assert load_settings(data_dir=tmp_path, workers=2, max_embed_memory_mb=100).embed_memory_limit_mb == 100

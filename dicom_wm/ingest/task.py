@@ -429,7 +429,34 @@ def _load(ctx: WorkerContext, row: Instance, token: str) -> tuple[Dataset, dict[
         return _store_as_received(
             ctx, row, token, InstanceState.SKIPPED, "no pixel or waveform data to protect", timings
         )
+    too_big = _memory_refusal(ds, ctx.settings.embed_memory_limit_mb)
+    if too_big:
+        return _store_as_received(ctx, row, token, InstanceState.FAILED, too_big, timings)
     return ds, timings
+
+
+# Peak memory of embed + self-check per decoded sample: bench/bench_multiframe.py
+# measured 23-25 bytes on int32 samples; samples above 16 bits are int64.
+_EMBED_BYTES_PER_SAMPLE = 32
+
+
+def _memory_refusal(ds: Dataset, limit_mb: int | None) -> str | None:
+    """Why an image is too large to watermark within ``limit_mb``, before
+    anything is decoded (an out-of-memory kill would take the worker, and
+    the instances it holds, with it); None when it fits or cannot be told
+    (the engine then names any header problem)."""
+    if limit_mb is None or "PixelData" not in ds:
+        return None
+    try:
+        samples = int(ds.get("NumberOfFrames") or 1) * int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel") or 1)
+        wide = int(ds.get("BitsStored") or 16) > 16
+    except (AttributeError, TypeError, ValueError):
+        return None
+    need_mb = samples * _EMBED_BYTES_PER_SAMPLE * (2 if wide else 1) // 2**20
+    if need_mb <= limit_mb:
+        return None
+    return (f"too large to watermark here: {samples} samples need about {need_mb} MiB, more than the "
+            f"{limit_mb} MiB a worker may use (max_embed_memory_mb; fewer workers give each more)")
 
 
 def _embed(
