@@ -157,7 +157,7 @@ class _Distortion:
         self.max_abs = 0
 
     def add(self, a: np.ndarray, b: np.ndarray) -> None:
-        diff = np.abs(a.astype(np.int64, copy=False) - b)
+        diff = np.abs(a - b)  # samples are int32 up to 16 bits: differences fit
         m = int(diff.max()) if diff.size else 0
         self.max_abs = max(self.max_abs, m)
         # the usual case (|delta| <= 1): squared error is the change count

@@ -397,14 +397,14 @@ def _claim(ctx: WorkerContext, instance_id: int) -> tuple[Instance, str] | TaskR
             execution_options={"synchronize_session": False},
         ).one_or_none()
         session.commit()
-        if row is not None:
-            if row.attempts > ctx.settings.max_retries + 1 + _UNFINISHED_CLAIMS_ALLOWED:
-                return _fail(ctx, row, token, _crash_loop_reason(row.attempts - 1), {})
-            return row, token
-        if session.get(Instance, instance_id) is None:
-            log.warning("instance %d: no such row", instance_id)
-            return TaskResult(instance_id, Outcome.MISSING)
-        return TaskResult(instance_id, Outcome.ALREADY_FINAL)
+        if row is None:
+            if session.get(Instance, instance_id) is None:
+                log.warning("instance %d: no such row", instance_id)
+                return TaskResult(instance_id, Outcome.MISSING)
+            return TaskResult(instance_id, Outcome.ALREADY_FINAL)
+    if row.attempts > ctx.settings.max_retries + 1 + _UNFINISHED_CLAIMS_ALLOWED:
+        return _fail(ctx, row, token, _crash_loop_reason(row.attempts - 1), {})
+    return row, token
 
 
 def _load(ctx: WorkerContext, row: Instance, token: str) -> tuple[Dataset, dict[str, float]] | TaskResult:
@@ -435,8 +435,8 @@ def _load(ctx: WorkerContext, row: Instance, token: str) -> tuple[Dataset, dict[
     return ds, timings
 
 
-# Peak memory of embed + self-check per decoded sample: bench/bench_multiframe.py
-# measured 23-25 bytes on int32 samples; samples above 16 bits are int64.
+# Peak memory of embed + self-check per decoded int32 sample (bench/bench_multiframe.py
+# measured 23-25 bytes); twice that for int64 samples (above 16 bits stored).
 _EMBED_BYTES_PER_SAMPLE = 32
 
 
@@ -445,14 +445,18 @@ def _memory_refusal(ds: Dataset, limit_mb: int | None) -> str | None:
     anything is decoded (an out-of-memory kill would take the worker, and
     the instances it holds, with it); None when it fits or cannot be told
     (the engine then names any header problem)."""
+    from dicom_wm.pixels import sample_dtype
+    from dicom_wm.pixels.image_pixel import image_pixel
+
     if limit_mb is None or "PixelData" not in ds:
         return None
     try:
-        samples = int(ds.get("NumberOfFrames") or 1) * int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel") or 1)
-        wide = int(ds.get("BitsStored") or 16) > 16
-    except (AttributeError, TypeError, ValueError):
+        header = image_pixel(ds)
+    except UnsupportedInput:
         return None
-    need_mb = samples * _EMBED_BYTES_PER_SAMPLE * (2 if wide else 1) // 2**20
+    samples = header.frames * header.rows * header.columns * header.samples_per_pixel
+    width = np.dtype(sample_dtype(header.bits_stored, header.signed)).itemsize // 4  # 2 for int64 samples
+    need_mb = samples * _EMBED_BYTES_PER_SAMPLE * width // 2**20
     if need_mb <= limit_mb:
         return None
     return (f"too large to watermark here: {samples} samples need about {need_mb} MiB, more than the "
