@@ -18,12 +18,21 @@ import uuid
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 
 from dicom_wm.engine import get_predictor
 from dicom_wm.engine.adaptive import ADAPTIVE_PREFIX, N_WEIGHTS, AdaptedPredictor, AdaptiveFitter, weights_identity
 from dicom_wm.engine.histogram_shift import WalkOrder, walk_order
-from dicom_wm.engine.plane_codec import STANDARD, PlaneReading, WalkMode, embed_plane, read_plane, reembed_plane
+from dicom_wm.engine.plane_codec import (
+    STANDARD,
+    PlaneReading,
+    WalkMode,
+    embed_plane,
+    plane_walk,
+    read_plane,
+    reembed_plane,
+)
 from dicom_wm.engine.predictors import Predictor
 from dicom_wm.errors import InsufficientCapacity, KeyStoreError, NotAuthentic, SelfCheckFailed, UnsupportedInput
 from dicom_wm.header import (
@@ -136,6 +145,8 @@ def _walks(
     planes: np.ndarray, predictor: Predictor, lo: int, hi: int, mode: WalkMode = STANDARD
 ) -> list[WalkOrder]:
     """Walk order of every plane; depends on B-lattice samples only."""
+    if hasattr(predictor, "predict_a_lattice"):  # per plane, no batching to gain
+        return [plane_walk(plane, predictor, lo, hi, mode.protect(plane)) for plane in planes]
     n, r, c = planes.shape
     step = max(1, _CHUNK_SAMPLES // (r * c))
     walks: list[WalkOrder] = []
@@ -415,17 +426,44 @@ def _writable_copy(ds: Dataset) -> Dataset:
     element by element by the pixel writer, so they get a full deepcopy."""
     if not ds.original_encoding[1] and ds.original_encoding[1] is not None:
         return copy.deepcopy(ds)
+    out = _shallow_copy(ds)
+    for tag in list(out._dict):
+        if tag.group in _WRITTEN_GROUPS or tag == _CONTRIBUTING_EQUIPMENT:
+            out._dict[tag] = _element_copy(ds._dict[tag])
+    if hasattr(ds, "file_meta"):
+        meta = _shallow_copy(ds.file_meta)
+        for tag in list(meta._dict):
+            meta._dict[tag] = _element_copy(meta._dict[tag])
+        out.file_meta = meta
+    return out
+
+
+def _shallow_copy(ds: Dataset) -> Dataset:
+    """``copy.copy`` with the instance's own containers (elements, private
+    block cache, pixel caches, charset list), which copy.copy would share."""
     out = copy.copy(ds)
-    # copy.copy shares the instance's containers: give the copy its own
-    # (elements, private block cache, pixel caches, charset list).
     for name, value in vars(ds).items():
         if isinstance(value, (dict, list)):
             setattr(out, name, copy.copy(value))
-    for tag in list(out._dict):
-        if tag.group in _WRITTEN_GROUPS or tag == _CONTRIBUTING_EQUIPMENT:
-            out._dict[tag] = copy.deepcopy(ds[tag])
-    if hasattr(ds, "file_meta"):
-        out.file_meta = copy.deepcopy(ds.file_meta)
+    return out
+
+
+# Element values that nothing changes in place: a copy may share them.
+_IMMUTABLE_VALUES = (str, bytes, int, float, type(None))
+
+
+def _element_copy(elem: DataElement | RawDataElement) -> DataElement | RawDataElement:
+    """A copy of a data element that can be changed without touching
+    ``elem``: immutable values are shared, anything else (sequences,
+    multi-values) is deep-copied. Much cheaper than deepcopy per element.
+    A raw (not yet parsed) element is an immutable tuple: parsing it in the
+    copy stores the parsed element in the copy only."""
+    if isinstance(elem, RawDataElement):
+        return elem
+    if elem.VR == "SQ" or not isinstance(elem.value, _IMMUTABLE_VALUES):
+        return copy.deepcopy(elem)
+    out = elem.__class__.__new__(elem.__class__)
+    out.__dict__.update(elem.__dict__)
     return out
 
 

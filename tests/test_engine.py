@@ -15,9 +15,11 @@ from dicom_wm.engine.histogram_shift import (
     embed_walk,
     read_bits,
     restore_walk,
+    _stable_order,
+    a_lattice_index,
     walk_order,
 )
-from dicom_wm.engine.plane_codec import _moved_flags, embed_plane, read_plane, reembed_plane
+from dicom_wm.engine.plane_codec import _moved_flags, embed_plane, plane_walk, read_plane, reembed_plane
 from dicom_wm.engine.predictors import ClassicRhombus, a_lattice_mask
 from dicom_wm.errors import InsufficientCapacity
 from dicom_wm.payload.block import PlaneBlock, encode_block
@@ -183,3 +185,51 @@ def test_other_key_finds_no_block():
 def test_degenerate_planes_rejected(shape):
     with pytest.raises(ValueError, match="too small"):
         PRED.predict(np.zeros((1, *shape), np.int64))
+    with pytest.raises(ValueError, match="too small"):
+        PRED.predict_a_lattice(np.zeros(shape, np.int64))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rng_seed=st.integers(0, 2**32 - 1),
+    rows=st.integers(2, 19),
+    cols=st.integers(2, 19),
+    depth=st.sampled_from(RANGES),
+    kind=st.sampled_from(["noise", "ramp", "checkerboard", "min", "max"]),
+    int32_input=st.booleans(),
+    protected=st.booleans(),
+)
+def test_a_lattice_fast_path_equals_the_full_maps(rng_seed, rows, cols, depth, kind, int32_input, protected):
+    """The engine walks from ``predict_a_lattice`` when a predictor has it:
+    its values, and the walk built from them, must equal the full maps' at
+    every A position, or an embedder and a reader on different paths would
+    disagree about the walk."""
+    lo, hi = bit_range(*depth)
+    rng = np.random.default_rng(rng_seed)
+    img = make_image(kind, rows, cols, lo, hi, rng)
+    if int32_input and -(2**31) <= lo and hi < 2**31:
+        img = img.astype(np.int32)
+    full_pred, full_cost = PRED.predict_and_complexity(img[None].astype(np.int64))
+    a_idx = a_lattice_index(rows, cols)
+    fast = PRED.predict_a_lattice(img)
+    if fast is None:  # samples too wide for int32 sums: the full maps serve
+        assert max(abs(lo), abs(hi)) >= 2**28
+    else:
+        assert np.array_equal(fast[0], full_pred.reshape(-1)[a_idx])
+        assert np.array_equal(fast[1], full_cost.reshape(-1)[a_idx])
+    protect = rng.random((rows, cols)) < 0.3 if protected else None
+    expected = walk_order(full_pred[0], full_cost[0], lo, hi, protect)
+    got = plane_walk(img, PRED, lo, hi, protect)
+    assert np.array_equal(got.index, expected.index)
+    assert np.array_equal(got.pred, expected.pred)
+
+
+
+@pytest.mark.parametrize("size", [0, 1, 2, 1000, 70_000, 300_000])
+@pytest.mark.parametrize("key_max", [0, 1, 255, 0x3FFF, 0xFFFF])
+def test_stable_order_is_the_stable_argsort(size, key_max):
+    """Packed sorting (keys and positions in 32 bits) and the radix argsort
+    it falls back to (wider keys or longer walks) give one order."""
+    rng = np.random.default_rng(size + key_max)
+    key = np.minimum(rng.geometric(0.05, size), key_max).astype(np.uint16)
+    assert np.array_equal(_stable_order(key), np.argsort(key, kind="stable"))

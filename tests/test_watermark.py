@@ -12,7 +12,9 @@ import pydicom
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
+from pydicom.uid import ImplicitVRLittleEndian
 
 from dicom_wm.engine.histogram_shift import carrier_mask, walk_order
 from dicom_wm.engine.predictors import ClassicRhombus
@@ -133,6 +135,36 @@ def test_corpus_embed_verify_restore(entry):
         tampered = verify_dataset(_with_sample_changed(wm, index), KEYS)
         assert tampered.status is VerifyStatus.TAMPERED, (index, tampered.error)
         assert _tile_of(index, rows, cols) in tampered.tampered_tiles, (index, tampered.tampered_tiles)
+
+
+def test_embed_and_restore_leave_a_freshly_read_input_untouched():
+    """Embed and restore copy only what they write, and share unparsed
+    elements with their input: the input must still write the same bytes.
+    Implicit VR and an existing Contributing Equipment item make both
+    change elements they copied (transfer syntax, the sequence)."""
+    source = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    source.PixelData = np.tile(source.pixel_array, (4, 4)).tobytes()  # large enough to carry a payload
+    source.Rows, source.Columns = source.Rows * 4, source.Columns * 4
+    source.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    item = Dataset()
+    item.Manufacturer = "modality vendor"
+    source.ContributingEquipmentSequence = [item]
+    raw = io.BytesIO()
+    pydicom.dcmwrite(raw, source, enforce_file_format=True)
+
+    def written(ds: Dataset) -> bytes:
+        buf = io.BytesIO()
+        pydicom.dcmwrite(buf, ds, enforce_file_format=True)
+        return buf.getvalue()
+
+    original = pydicom.dcmread(io.BytesIO(raw.getvalue()))
+    result = embed_dataset(original, KEYS)
+    assert written(original) == raw.getvalue(), "embed modified its input"
+    marked = pydicom.dcmread(io.BytesIO(written(result.dataset)))
+    marked_bytes = written(marked)
+    restored = restore_dataset(marked, KEYS).dataset
+    assert written(marked) == marked_bytes, "restore modified its input"
+    assert np.array_equal(read_samples(restored).samples, read_samples(original).samples)
 
 
 def test_restore_refuses_tampered_unless_forced():

@@ -28,6 +28,7 @@ from dicom_wm.engine.histogram_shift import (
     read_bits,
     restore_walk,
     walk_order,
+    walk_order_a,
 )
 from dicom_wm.engine.predictors import Predictor
 from dicom_wm.engine.roi import body_mask
@@ -52,6 +53,7 @@ __all__ = [
     "read_plane",
     "reembed_plane",
     "lattice_walk",
+    "plane_walk",
     "WalkMode",
     "STANDARD",
 ]
@@ -89,11 +91,23 @@ class WalkMode:
 STANDARD = WalkMode()
 
 
+def plane_walk(
+    plane: np.ndarray, predictor: Predictor, lo: int, hi: int, protect: np.ndarray | None = None
+) -> WalkOrder:
+    """Walk order of one (rows, cols) plane; from A-lattice predictions alone
+    when the predictor offers them (see dicom_wm.engine.predictors)."""
+    fast = getattr(predictor, "predict_a_lattice", None)
+    a_values = fast(plane) if fast is not None else None
+    if a_values is not None:
+        return walk_order_a(*a_values, plane.shape, lo, hi, protect)
+    pred, cost = predictor.predict_and_complexity(plane[None])
+    return walk_order(pred[0], cost[0], lo, hi, protect)
+
+
 def lattice_walk(
     view: np.ndarray, predictor: Predictor, lattice_pass: int, lo: int, hi: int, mode: WalkMode = STANDARD
 ) -> WalkOrder:
-    pred, cost = predictor.predict_and_complexity(view[None])
-    walk = walk_order(pred[0], cost[0], lo, hi, mode.protect(view))
+    walk = plane_walk(view, predictor, lo, hi, mode.protect(view))
     if lattice_pass == 1:  # the mirrored column is not a real position
         keep = (walk.index % view.shape[1]) != 0
         walk = WalkOrder(walk.index[keep], walk.pred[keep])

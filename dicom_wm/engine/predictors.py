@@ -9,7 +9,9 @@ A predictor is a small object with the same tiny contract as pydicom's pixel
 backends: ``name``, ``version``, ``model_sha256`` and
 ``predict_and_complexity`` (the prediction, and the local activity that
 orders the walk: lower = smoother = embedded first), in one call so a
-predictor computes what the two share once.
+predictor computes what the two share once. A predictor may also offer
+``predict_a_lattice(plane)``: the same two values at the A-lattice positions
+only, in raster order (half the work; the engine uses it when present).
 """
 
 from __future__ import annotations
@@ -64,11 +66,26 @@ def neighbours(planes: np.ndarray) -> tuple[np.ndarray, ...]:
     return n, s, w, e
 
 
+def _fits_int32(planes: np.ndarray) -> bool:
+    """Sums of four samples (and of four differences) cannot overflow int32."""
+    return not planes.size or max(abs(int(planes.min())), abs(int(planes.max()))) < 2**28
+
+
 def _narrow(planes: np.ndarray) -> np.ndarray:
-    """int32 copy when sums of four samples cannot overflow it (faster)."""
-    if planes.size and max(abs(int(planes.min())), abs(int(planes.max()))) < 2**28:
-        return planes.astype(np.int32, copy=False)
-    return planes
+    """int32 when sums of four samples cannot overflow it (faster), else int64."""
+    return planes.astype(np.int32 if _fits_int32(planes) else np.int64, copy=False)
+
+
+def _reflect_pad(plane: np.ndarray) -> np.ndarray:
+    """``np.pad(plane, 1, mode="reflect")`` without its corners (never read)."""
+    rows, cols = plane.shape
+    out = np.empty((rows + 2, cols + 2), plane.dtype)
+    out[1:-1, 1:-1] = plane
+    out[0, 1:-1] = plane[1]
+    out[-1, 1:-1] = plane[-2]
+    out[:, 0] = out[:, 2]
+    out[:, -1] = out[:, -3]
+    return out
 
 
 class ClassicRhombus:
@@ -83,6 +100,50 @@ class ClassicRhombus:
         pred = ((n + s + w + e + 2) >> 2).astype(np.int64)
         cost = (np.abs(n - w) + np.abs(w - s) + np.abs(s - e) + np.abs(e - n)).astype(np.int64)
         return pred, cost
+
+    def predict_a_lattice(self, plane: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """``predict_and_complexity`` of one (rows, cols) plane at its
+        A-lattice positions, raster order (int32, 1-D); None when the
+        samples are too wide for int32 sums (then use the full maps).
+
+        Row r's A positions are its columns of parity r % 2, and their four
+        neighbours lie in the other column parity (north / south) or the
+        same one (west / east): splitting the padded plane by column parity
+        makes every operand a plain strided view."""
+        rows, cols = plane.shape
+        if rows < 2 or cols < 2:
+            raise ValueError(f"plane {rows}x{cols} is too small (needs 2x2)")
+        if not _fits_int32(plane):
+            return None
+        padded = _reflect_pad(plane.astype(np.int32, copy=False))
+        by_parity = (np.ascontiguousarray(padded[:, 0::2]), np.ascontiguousarray(padded[:, 1::2]))
+        width = (cols + 1) // 2  # A positions in an even row; odd rows have cols // 2
+        pred = np.empty((rows, width), np.int32)
+        cost = np.empty((rows, width), np.int32)
+        for parity in (0, 1):
+            n_rows, n_cols = len(range(parity, rows, 2)), (cols + 1 - parity) // 2
+            vertical, horizontal = by_parity[1 - parity], by_parity[parity]
+            # padded row i + 1 is plane row i: north of row r is padded row r
+            n = vertical[parity : parity + 2 * n_rows : 2, parity : parity + n_cols]
+            s = vertical[parity + 2 : parity + 2 + 2 * n_rows : 2, parity : parity + n_cols]
+            w = horizontal[parity + 1 : parity + 1 + 2 * n_rows : 2, 0:n_cols]
+            e = horizontal[parity + 1 : parity + 1 + 2 * n_rows : 2, 1 : n_cols + 1]
+            p = pred[parity::2, :n_cols]
+            np.add(n, s, out=p)
+            p += w
+            p += e
+            p += 2
+            p >>= 2
+            c = np.abs(n - w)
+            c += np.abs(w - s)
+            c += np.abs(s - e)
+            c += np.abs(e - n)
+            cost[parity::2, :n_cols] = c
+        if cols % 2:  # odd rows are one position short
+            keep = np.ones((rows, width), bool)
+            keep[1::2, -1] = False
+            return pred[keep], cost[keep]
+        return pred.reshape(-1), cost.reshape(-1)
 
     def predict(self, planes: np.ndarray) -> np.ndarray:
         return self.predict_and_complexity(planes)[0]
