@@ -123,7 +123,7 @@ def round_bare(storescu: str, series: Path, work: Path, slices: int, durable: bo
 
 def round_dicom_wm(
     storescu: str, series: Path, work: Path, slices: int, workers: int | None, n: int
-) -> tuple[float, float]:
+) -> tuple[float, float, dict[str, float]]:
     from sqlalchemy import func, select
 
     from dicom_wm.db import Instance, InstanceState, dispose_engines, get_sessionmaker
@@ -152,7 +152,11 @@ def round_dicom_wm(
         wait_until(done, 900, 0.05, "every slice WATERMARKED")
         with sessions() as s:
             last = s.scalar(select(func.max(Instance.finished_at)))
-        return elapsed, last.timestamp() - t0
+            stages: dict[str, list[float]] = {}
+            for timings in s.scalars(select(Instance.timings)):
+                for stage, seconds in (timings or {}).items():
+                    stages.setdefault(stage, []).append(seconds)
+        return elapsed, last.timestamp() - t0, {k: statistics.median(v) for k, v in stages.items()}
     finally:
         dispose_engines()
         proc.send_signal(signal.SIGTERM)
@@ -183,10 +187,11 @@ def main() -> None:
         build_series(series, args.slices)
         mb = sum(p.stat().st_size for p in series.iterdir()) / 1e6
         bare, durable, store, total = [], [], [], []
+        stages: dict[str, float] = {}
         for r in range(args.rounds):
             bare.append(round_bare(storescu, series, work, args.slices))
             durable.append(round_bare(storescu, series, work, args.slices, durable=True))
-            s, t = round_dicom_wm(storescu, series, work, args.slices, args.workers, r)
+            s, t, stages = round_dicom_wm(storescu, series, work, args.slices, args.workers, r)
             store.append(s)
             total.append(t)
             print(f"round {r + 1}: bare {bare[-1]:.2f}s  bare+fsync {durable[-1]:.2f}s  dicom-wm C-STORE {s:.2f}s  all WATERMARKED {t:.2f}s", flush=True)
@@ -201,6 +206,9 @@ def main() -> None:
     print(f"| {'(reference) bare SCP + temp/fsync/rename':<44} | {d:8.2f} | {d / a:12.2f} | {'':>7} |")
     print(f"| {'(b) dicom-wm serve (embedded), C-STORE':<44} | {b:8.2f} | {b / a:12.2f} | {'<= 1.3':>7} |")
     print(f"| {'(b) until the last instance is WATERMARKED':<44} | {c:8.2f} | {c / a:12.2f} | {'<= 3':>7} |")
+    print()
+    print("watermark task stages, last round (median per instance, ms; engine_* are inside embed):")
+    print("  " + ", ".join(f"{k} {v * 1e3:.2f}" for k, v in stages.items()))
 
 
 if __name__ == "__main__":

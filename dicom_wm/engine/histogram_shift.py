@@ -127,15 +127,15 @@ def carrier_mask(e: np.ndarray) -> np.ndarray:
     return (e == 0) | (e == -1)
 
 
-def positions_needed(cum_carriers: np.ndarray, n_bits: int) -> int | None:
+def positions_needed(carrier_positions: np.ndarray, n_bits: int) -> int | None:
     """Smallest walk length that carries ``n_bits`` bits (None if impossible),
-    from the running count of carriers along the walk."""
+    from the walk positions of the carriers (``np.flatnonzero`` of
+    ``carrier_mask``, ascending)."""
     if n_bits == 0:
         return 0
-    cum = cum_carriers
-    if cum.size == 0 or cum[-1] < n_bits:
+    if len(carrier_positions) < n_bits:
         return None
-    return int(np.searchsorted(cum, n_bits)) + 1
+    return int(carrier_positions[n_bits - 1]) + 1
 
 
 def embed_walk(
@@ -149,7 +149,7 @@ def embed_walk(
     carriers = carrier_mask(e)
     delta = np.where(e >= 1, 1, np.where(e <= -2, -1, 0)).astype(flat.dtype)
     b = np.zeros(n_used, dtype=flat.dtype)
-    b[carriers] = bits[: int(carriers.sum())]
+    b[carriers] = bits[: np.count_nonzero(carriers)]
     delta += np.where(e == 0, b, 0) - np.where(e == -1, b, 0)
     # A boundary sample never leaves the range (see module docstring).
     delta[((x == hi) & (delta > 0)) | ((x == lo) & (delta < 0))] = 0

@@ -145,15 +145,15 @@ def _fit(
     (n_used only grows, so this terminates)."""
     n_used = 0
     flags = np.zeros(0, dtype=bool)
-    cum = np.cumsum(carriers, dtype=np.int64)
+    positions = np.flatnonzero(carriers)  # walk positions that carry a bit
     while True:
         block = make(n_used, flags)
         n_bits = 8 * len(block) * copies
-        need = positions_needed(cum, n_bits)
+        need = positions_needed(positions, n_bits)
         if need is None:
             return None
         if need <= n_used:
-            stream = np.zeros(int(cum[n_used - 1]) if n_used else 0, dtype=np.uint8)
+            stream = np.zeros(int(np.searchsorted(positions, n_used)), dtype=np.uint8)  # carriers before n_used
             stream[:n_bits] = np.tile(bytes_to_bits(block), copies)
             return _Fit(embed_walk(flat, walk, stream, n_used, lo, hi), n_bits)
         n_used = need
@@ -206,7 +206,7 @@ def embed_plane(
 
     flat_a = plane.reshape(-1)
     carriers_a = carrier_mask(flat_a[walk_a.index] - walk_a.pred)
-    cap_a = int(carriers_a.sum())
+    cap_a = int(np.count_nonzero(carriers_a))
     for copies, mac_len in _preferences(max_copies):
         fit = _fit(flat_a, walk_a, carriers_a, maker(0, 1, 0, n_tiles, mac_len, copies), copies, lo, hi)
         if fit is not None:
@@ -228,7 +228,7 @@ def embed_plane(
         walk_b = lattice_walk(view, predictor, 1, lo, hi, mode)
         flat_b = view.reshape(-1)
         carriers_b = carrier_mask(flat_b[walk_b.index] - walk_b.pred)
-        cap_b = int(carriers_b.sum())
+        cap_b = int(np.count_nonzero(carriers_b))
         fit_b = _fit(flat_b, walk_b, carriers_b, maker(1, 2, k, n_tiles - k, mac_len, copies), copies, lo, hi)
         if fit_b is not None:
             out = from_view(fit_b.out.reshape(view.shape), 1)
@@ -367,7 +367,7 @@ def reembed_plane(
         flat = view.reshape(-1)
         raw = encode_block(block, secret)
         carriers = carrier_mask(flat[walk.index[: block.n_used]] - walk.pred[: block.n_used])
-        stream = np.zeros(int(carriers.sum()), dtype=np.uint8)
+        stream = np.zeros(np.count_nonzero(carriers), dtype=np.uint8)
         bits = np.tile(bytes_to_bits(raw), block.copies)[: len(stream)]
         stream[: len(bits)] = bits
         out = np.ascontiguousarray(from_view(embed_walk(flat, walk, stream, block.n_used, lo, hi).reshape(view.shape), block.lattice_pass))

@@ -69,7 +69,7 @@ def _load(
     carriers = carrier_mask(flat[walk.index] - walk.pred)
     total = int(carriers.sum())
     n = total if n_bits is None else min(n_bits, total)
-    n_used = positions_needed(np.cumsum(carriers, dtype=np.int64), n) if n < total else len(walk.index)
+    n_used = positions_needed(np.flatnonzero(carriers), n) if n < total else len(walk.index)
     bits = rng.integers(0, 2, total, dtype=flat.dtype)
     bits[n:] = 0
     return embed_walk(flat, walk, bits, int(n_used or 0), lo, hi), walk.index[carriers], n
