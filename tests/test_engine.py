@@ -22,7 +22,7 @@ from dicom_wm.engine.histogram_shift import (
 from dicom_wm.engine.plane_codec import _moved_flags, embed_plane, plane_walk, read_plane, reembed_plane
 from dicom_wm.engine.predictors import ClassicRhombus, a_lattice_mask
 from dicom_wm.errors import InsufficientCapacity
-from dicom_wm.payload.block import PlaneBlock, encode_block
+from dicom_wm.payload.block import PlaneBlock
 
 PRED = ClassicRhombus()
 SECRET = b"\x01" * 32
@@ -123,7 +123,6 @@ def test_plane_codec_round_trip_or_clear_capacity_error(rng_seed, size, depth, k
     rng = np.random.default_rng(rng_seed)
     lo, hi = bit_range(*depth)
     img = make_image(kind, size, size, lo, hi, rng)
-    walk = walk_of(img, lo, hi)
     before = img.copy()
     try:
         emb = _embed(img, lo, hi)

@@ -145,33 +145,57 @@ def _map_samples(smap: bytes, shape: tuple[int, int]) -> np.ndarray:
     return np.repeat(np.repeat(q, MAP_BLOCK, axis=0), MAP_BLOCK, axis=1)[: shape[0], : shape[1]]
 
 
-def _delta(
-    shape: tuple[int, int], message: bytes, amplitude: int, secret: bytes, gains: bytes = b"", smap: bytes = b""
-) -> np.ndarray:
+@dataclass(frozen=True)
+class _Pattern:
+    """The pattern of one (shape, message, key, gains, map), less its
+    amplitude: ``delta(a) = sign * ((a * base + offset) // scale)``, on the
+    PERIOD x PERIOD tile (then tiled over the plane) or, with a strength
+    map, on the whole plane. Integer arithmetic only: the same delta on
+    every machine."""
+
+    shape: tuple[int, int]
+    sign: np.ndarray
+    base: np.ndarray
+    offset: np.ndarray
+    scale: int
+    tiled: bool
+
+    def delta(self, amplitude: int) -> np.ndarray:
+        out = self.sign * ((amplitude * self.base + self.offset) // self.scale)
+        return _full(out, self.shape) if self.tiled else out
+
+
+def _full(tile: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    rows, cols = shape
+    return np.tile(tile, (-(-rows // PERIOD), -(-cols // PERIOD)))[:rows, :cols]
+
+
+def _pattern(shape: tuple[int, int], message: bytes, secret: bytes, gains: bytes = b"", smap: bytes = b"") -> _Pattern:
     info = np.concatenate([bits_of(message), bits_of(check_bytes(message, secret))])
     chips = chip_values(encode_bits(info), secret)
-    # integer arithmetic only: the same delta on every machine
     weights = tile_from_chips(np.ones_like(chips), SHAPE)
-    rows, cols = shape
-    reps = (-(-rows // PERIOD), -(-cols // PERIOD))
+    sign = tile_from_chips(chips, np.ones_like(SHAPE))
     g = np.full(chips.size, GAIN_UNIT, np.int64)  # sync chips at unit gain
     if gains:
         lay = layout(secret)
         g[lay.data] = np.frombuffer(gains, dtype=np.uint8).astype(np.int64)[lay.bit_of]
     if smap:
         # version 3: amplitude * gain * map, one floor division per sample
-        scale = GAIN_UNIT * MAP_UNIT * SHAPE_SCALE
-        full = lambda t: np.tile(t, reps)[:rows, :cols]  # noqa: E731
-        num = amplitude * full(tile_from_chips(g, np.ones_like(SHAPE)) * weights) * _map_samples(smap, shape)
-        mag = (num + GAIN_UNIT * MAP_UNIT * full(dither(secret))) // scale
-        return full(tile_from_chips(chips, np.ones_like(SHAPE))) * mag
-    if gains:
-        scale = GAIN_UNIT * SHAPE_SCALE  # amplitude * q / GAIN_UNIT in 1/16 units, one floor division
-        mag = (amplitude * tile_from_chips(g, np.ones_like(SHAPE)) * weights + GAIN_UNIT * dither(secret)) // scale
-    else:
-        mag = (amplitude * weights + dither(secret)) // SHAPE_SCALE
-    tile = tile_from_chips(chips, np.ones_like(SHAPE)) * mag
-    return np.tile(tile, reps)[:rows, :cols]
+        return _Pattern(
+            shape, _full(sign, shape), _full(tile_from_chips(g, np.ones_like(SHAPE)) * weights, shape)
+            * _map_samples(smap, shape), GAIN_UNIT * MAP_UNIT * _full(dither(secret), shape),
+            GAIN_UNIT * MAP_UNIT * SHAPE_SCALE, tiled=False,
+        )
+    if gains:  # amplitude * q / GAIN_UNIT in 1/16 units, one floor division
+        return _Pattern(shape, sign, tile_from_chips(g, np.ones_like(SHAPE)) * weights, GAIN_UNIT * dither(secret),
+                        GAIN_UNIT * SHAPE_SCALE, tiled=True)
+    return _Pattern(shape, sign, weights, dither(secret), SHAPE_SCALE, tiled=True)
+
+
+def _delta(
+    shape: tuple[int, int], message: bytes, amplitude: int, secret: bytes, gains: bytes = b"", smap: bytes = b""
+) -> np.ndarray:
+    return _pattern(shape, message, secret, gains, smap).delta(amplitude)
 
 
 # strength-map levels (in 1/MAP_UNIT) of blocks mostly at the plane's extreme
@@ -258,47 +282,9 @@ def _ambiguous(marked: np.ndarray, delta: np.ndarray, lo: int, hi: int) -> np.nd
     return could_embed & could_skip
 
 
-def _rendered_rms(plane: np.ndarray, marked: np.ndarray) -> float:
-    """rms change on the 8-bit rendering of the 1st..99th percentile window."""
-    p1, p99 = (float(v) for v in np.percentile(plane, [1, 99]))
-    scale = 255.0 / max(p99 - p1, 1.0)
-    a = np.clip(np.round((plane - p1) * scale), 0, 255)
-    b = np.clip(np.round((marked - p1) * scale), 0, 255)
-    return float(np.sqrt(np.mean((a - b) ** 2)))
-
-
-def _calibrate(
-    plane: np.ndarray, lo: int, hi: int, message: bytes, secret: bytes, gains: bytes = b"", smap: bytes = b""
-) -> int:
-    """The amplitude whose change on the 8-bit rendering has rms close to, and
-    not much above, :data:`TARGET_RMS_8BIT`: chips left out (clipping) give
-    their energy budget back to the rest; the integer rounding of the pattern
-    and of the rendering make the rms a step function, hence the search."""
-    first = amplitude = strength_for(plane, lo, hi)
-    tried: dict[int, float] = {}
-    for _ in range(6):
-        marked, _ = _apply(plane, lo, hi, message, secret, amplitude, gains, smap)
-        rms = tried[amplitude] = _rendered_rms(plane, marked)
-        if rms == 0:
-            break
-        new = max(min(int(round(amplitude * TARGET_RMS_8BIT / rms)), 2 * first), 1)
-        if new in tried:
-            # the rounding can land back on a step above the limit: go below it
-            if any(r <= TARGET_RMS_8BIT * _RMS_TOLERANCE for r in tried.values()) or min(tried) <= 1:
-                break
-            new = min(tried) - 1
-        amplitude = new
-    fitting = [a for a, r in tried.items() if r <= TARGET_RMS_8BIT * _RMS_TOLERANCE]
-    return max(fitting) if fitting else min(tried)
-
-
-def _apply(
-    plane: np.ndarray, lo: int, hi: int, message: bytes, secret: bytes, amplitude: int, gains: bytes = b"",
-    smap: bytes = b"",
-) -> tuple[np.ndarray, np.ndarray]:
-    moved = plane + _delta(plane.shape, message, amplitude, secret, gains, smap)
-    skip = _chip_any((moved < lo) | (moved > hi))
-    return np.where(_per_sample(skip, plane.shape), plane, moved), skip
+def _render(x: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    p1, p99 = window
+    return np.clip(np.round((x - p1) * (255.0 / max(p99 - p1, 1.0))), 0, 255)
 
 
 def _soft(image: np.ndarray, secret: bytes) -> np.ndarray:
@@ -311,60 +297,115 @@ def _soft(image: np.ndarray, secret: bytes) -> np.ndarray:
     return detect._soft_bits(detect._fold(w, valid), (0, 0), detect._Key(secret))
 
 
-def _informed_gains(
-    plane: np.ndarray, lo: int, hi: int, message: bytes, secret: bytes, amplitude: int, energy: float = 1.0,
-    smap: bytes = b"",
-) -> bytes:
-    """Per-coded-bit gains that cancel the host image's own correlation with
-    each coded bit (informed embedding, as in improved spread spectrum).
+class _Search:
+    """The strength search of one plane: what every trial shares (the
+    rendering window, the rendered plane, the host's soft values, the
+    per-amplitude gain inputs) is computed once."""
 
-    The decoder's soft value of bit j is about ``h_j + g_j * p_j``: ``h_j``
-    what the unmarked plane correlates with bit j's chips, ``p_j`` what the
-    pattern at unit gain adds. Gains ``g_j = t - b_j h_j / p_j`` (``b_j`` the
-    bit's sign), clipped to 2..15 eighths, give every bit the same margin
-    ``t``, with ``t`` chosen so the mean squared gain is ``energy`` (1: the
-    same energy, which :func:`_calibrate` then sets; a little more fills the
-    step left by the amplitude's 1/16-unit granularity on 8-bit planes). On textured 8-bit images
-    (ultrasound speckle) the host term is the main interference; where it is
-    small the gains stay close to 1.
-    """
-    info = np.concatenate([bits_of(message), bits_of(check_bytes(message, secret))])
-    b = 1.0 - 2.0 * encode_bits(info)
-    host = _soft(plane, secret)
-    marked, _ = _apply(plane, lo, hi, message, secret, amplitude, b"", smap)
-    p = b * (_soft(marked, secret) - host)
-    p = np.maximum(p, 0.25 * max(float(np.median(p)), 1e-9))
-    u = b * host / p
-    lo_g, hi_g = 2 / GAIN_UNIT, 15 / GAIN_UNIT
-    t_lo, t_hi = 0.0, 4.0
-    for _ in range(40):  # mean(g^2) grows with t: bisect for energy
-        t = 0.5 * (t_lo + t_hi)
-        if np.mean(np.clip(t - u, lo_g, hi_g) ** 2) > energy:
-            t_hi = t
-        else:
-            t_lo = t
-    q = np.clip(np.rint(GAIN_UNIT * np.clip(t_lo - u, lo_g, hi_g)), 2, 15).astype(np.uint8)
-    return q.tobytes()
+    def __init__(self, plane: np.ndarray, lo: int, hi: int, message: bytes, secret: bytes, smap: bytes) -> None:
+        self.plane, self.lo, self.hi = plane, lo, hi
+        self.message, self.secret, self.smap = message, secret, smap
+        self._window: tuple[float, float] | None = None
+        self._rendered: np.ndarray | None = None
+        self._host: np.ndarray | None = None
+        self._gain_inputs: dict[int, np.ndarray] = {}
+        self._patterns: dict[bytes, _Pattern] = {}
 
+    def delta(self, amplitude: int, gains: bytes = b"") -> np.ndarray:
+        pattern = self._patterns.get(gains)
+        if pattern is None:
+            pattern = self._patterns[gains] = _pattern(self.plane.shape, self.message, self.secret, gains, self.smap)
+        return pattern.delta(amplitude)
 
-def _fill_energy(
-    plane: np.ndarray, lo: int, hi: int, message: bytes, secret: bytes, amplitude: int, gains: bytes,
-    smap: bytes = b"",
-) -> bytes:
-    """Gains scaled up (up to 3 tries) towards the rendered-rms limit that the
-    1/16-unit amplitude step could not reach (on an 8-bit plane one step is
-    ~0.13 rms levels, ~0.8 dB); never above the limit."""
-    limit = TARGET_RMS_8BIT * _RMS_TOLERANCE
-    rms = _rendered_rms(plane, _apply(plane, lo, hi, message, secret, amplitude, gains, smap)[0])
-    if rms <= 0 or rms >= 0.98 * limit:
+    def apply(self, amplitude: int, gains: bytes = b"") -> tuple[np.ndarray, np.ndarray]:
+        return _apply(self.plane, self.lo, self.hi, self.delta(amplitude, gains))
+
+    def rendered_rms(self, marked: np.ndarray) -> float:
+        """rms change on the 8-bit rendering of the 1st..99th percentile window."""
+        if self._window is None:
+            self._window = tuple(float(v) for v in np.percentile(self.plane, [1, 99]))
+            self._rendered = _render(self.plane, self._window)
+        return float(np.sqrt(np.mean((self._rendered - _render(marked, self._window)) ** 2)))
+
+    def calibrate(self, gains: bytes = b"") -> int:
+        """The amplitude whose change on the 8-bit rendering has rms close to, and
+        not much above, :data:`TARGET_RMS_8BIT`: chips left out (clipping) give
+        their energy budget back to the rest; the integer rounding of the pattern
+        and of the rendering make the rms a step function, hence the search."""
+        first = amplitude = strength_for(self.plane, self.lo, self.hi)
+        tried: dict[int, float] = {}
+        for _ in range(6):
+            rms = tried[amplitude] = self.rendered_rms(self.apply(amplitude, gains)[0])
+            if rms == 0:
+                break
+            new = max(min(int(round(amplitude * TARGET_RMS_8BIT / rms)), 2 * first), 1)
+            if new in tried:
+                # the rounding can land back on a step above the limit: go below it
+                if any(r <= TARGET_RMS_8BIT * _RMS_TOLERANCE for r in tried.values()) or min(tried) <= 1:
+                    break
+                new = min(tried) - 1
+            amplitude = new
+        fitting = [a for a, r in tried.items() if r <= TARGET_RMS_8BIT * _RMS_TOLERANCE]
+        return max(fitting) if fitting else min(tried)
+
+    def informed_gains(self, amplitude: int, energy: float = 1.0) -> bytes:
+        """Per-coded-bit gains that cancel the host image's own correlation
+        with each coded bit (informed embedding, as in improved spread spectrum).
+
+        The decoder's soft value of bit j is about ``h_j + g_j * p_j``: ``h_j``
+        what the unmarked plane correlates with bit j's chips, ``p_j`` what the
+        pattern at unit gain adds. Gains ``g_j = t - b_j h_j / p_j`` (``b_j`` the
+        bit's sign), clipped to 2..15 eighths, give every bit the same margin
+        ``t``, with ``t`` chosen so the mean squared gain is ``energy`` (1: the
+        same energy, which :meth:`calibrate` then sets; a little more fills the
+        step left by the amplitude's 1/16-unit granularity on 8-bit planes). On textured 8-bit images
+        (ultrasound speckle) the host term is the main interference; where it is
+        small the gains stay close to 1.
+        """
+        u = self._gain_inputs.get(amplitude)
+        if u is None:
+            info = np.concatenate([bits_of(self.message), bits_of(check_bytes(self.message, self.secret))])
+            b = 1.0 - 2.0 * encode_bits(info)
+            if self._host is None:
+                self._host = _soft(self.plane, self.secret)
+            marked, _ = self.apply(amplitude)
+            p = b * (_soft(marked, self.secret) - self._host)
+            p = np.maximum(p, 0.25 * max(float(np.median(p)), 1e-9))
+            u = self._gain_inputs[amplitude] = b * self._host / p
+        lo_g, hi_g = 2 / GAIN_UNIT, 15 / GAIN_UNIT
+        t_lo, t_hi = 0.0, 4.0
+        for _ in range(40):  # mean(g^2) grows with t: bisect for energy
+            t = 0.5 * (t_lo + t_hi)
+            if np.mean(np.clip(t - u, lo_g, hi_g) ** 2) > energy:
+                t_hi = t
+            else:
+                t_lo = t
+        q = np.clip(np.rint(GAIN_UNIT * np.clip(t_lo - u, lo_g, hi_g)), 2, 15).astype(np.uint8)
+        return q.tobytes()
+
+    def fill_energy(self, amplitude: int, gains: bytes) -> bytes:
+        """Gains scaled up (up to 3 tries) towards the rendered-rms limit that the
+        1/16-unit amplitude step could not reach (on an 8-bit plane one step is
+        ~0.13 rms levels, ~0.8 dB); never above the limit."""
+        limit = TARGET_RMS_8BIT * _RMS_TOLERANCE
+        rms = self.rendered_rms(self.apply(amplitude, gains)[0])
+        if rms <= 0 or rms >= 0.98 * limit:
+            return gains
+        energy = min((0.995 * limit / rms) ** 2, 1.5)
+        for _ in range(3):
+            trial = self.informed_gains(amplitude, energy)
+            if self.rendered_rms(self.apply(amplitude, trial)[0]) <= limit:
+                return trial
+            energy = 1.0 + 0.5 * (energy - 1.0)
         return gains
-    energy = min((0.995 * limit / rms) ** 2, 1.5)
-    for _ in range(3):
-        trial = _informed_gains(plane, lo, hi, message, secret, amplitude, energy, smap)
-        if _rendered_rms(plane, _apply(plane, lo, hi, message, secret, amplitude, trial, smap)[0]) <= limit:
-            return trial
-        energy = 1.0 + 0.5 * (energy - 1.0)
-    return gains
+
+
+def _apply(plane: np.ndarray, lo: int, hi: int, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``plane + delta``, except on the chips that would leave [lo, hi] anywhere
+    (left unchanged); and which chips those are."""
+    moved = plane + delta
+    skip = _chip_any((moved < lo) | (moved > hi))
+    return np.where(_per_sample(skip, plane.shape), plane, moved), skip
 
 
 def embed_robust(
@@ -396,7 +437,7 @@ def embed_robust(
         window has rms :data:`TARGET_RMS_8BIT`.
     informed : bool
         Give each coded bit a gain that cancels the plane's own correlation
-        with it (:func:`_informed_gains`; stored in the mark). False: all
+        with it (:meth:`_Search.informed_gains`; stored in the mark). False: all
         bits at unit gain, as version-1 marks.
     adaptive : bool
         Use the content-adaptive strength map (:func:`strength_map`, stored
@@ -419,14 +460,15 @@ def embed_robust(
         raise ValueError(f"message must be {MESSAGE_BYTES} bytes, got {message!r}")
     fixed = amplitude is not None
     smap = strength_map(plane, deep) if adaptive else b""
+    search = _Search(plane, lo, hi, message, secret, smap)
     if amplitude is None:
-        amplitude = _calibrate(plane, lo, hi, message, secret, b"", smap)
-    gains = _informed_gains(plane, lo, hi, message, secret, amplitude, 1.0, smap) if informed else b""
+        amplitude = search.calibrate()
+    gains = search.informed_gains(amplitude) if informed else b""
     if gains and not fixed:
-        amplitude = _calibrate(plane, lo, hi, message, secret, gains, smap)
-        gains = _fill_energy(plane, lo, hi, message, secret, amplitude, gains, smap)
-    marked, skip = _apply(plane, lo, hi, message, secret, amplitude, gains, smap)
-    delta = _delta(plane.shape, message, amplitude, secret, gains, smap)
+        amplitude = search.calibrate(gains)
+        gains = search.fill_energy(amplitude, gains)
+    marked, skip = search.apply(amplitude, gains)
+    delta = search.delta(amplitude, gains)
     flags = skip[_ambiguous(marked, delta, lo, hi)]
     packed = zlib.compress(np.packbits(flags.astype(np.uint8)).tobytes(), 9) if flags.any() else b""
     return marked, RobustMark(message=message, amplitude=int(amplitude), skipped=packed, gains=gains, smap=smap)
