@@ -14,6 +14,7 @@ after its imports (``ru_maxrss`` minus the RSS before the step):
     verify   = dcmread of the watermarked file + verify
     restore  = dcmread of the watermarked file + restore + dcmwrite
     verify-unmarked = dcmread of the source (never watermarked) + verify
+    embed-robust = dcmread + embed with the robust layer + dcmwrite   (--robust)
 
 and each step's ratio to the baseline.
 """
@@ -36,6 +37,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 KEY_ID, SECRET = "kbench001", b"\x5a" * 32
 STEPS = ("baseline", "embed", "verify", "restore", "verify-unmarked")
+ROBUST_STEP = "embed-robust"  # --robust: embed with the robust layer too (minutes on a long cine)
 
 
 def _rss_mb() -> float:
@@ -49,7 +51,7 @@ def _job(step: str, source: Path, marked: Path) -> dict[str, float]:
 
     from dicom_wm.allocator import tune_allocator
     from dicom_wm.keys import KeyStore
-    from dicom_wm.watermark import embed_dataset, restore_dataset, verify_dataset
+    from dicom_wm.watermark import EmbedOptions, embed_dataset, restore_dataset, verify_dataset
 
     tune_allocator()
     keys = KeyStore.in_memory({KEY_ID: SECRET}, KEY_ID)
@@ -61,6 +63,9 @@ def _job(step: str, source: Path, marked: Path) -> dict[str, float]:
         pydicom.dcmwrite(io.BytesIO(), ds, enforce_file_format=True)
     elif step == "embed":
         result = embed_dataset(pydicom.dcmread(source), keys)
+        pydicom.dcmwrite(io.BytesIO(), result.dataset, enforce_file_format=True)
+    elif step == ROBUST_STEP:
+        result = embed_dataset(pydicom.dcmread(source), keys, options=EmbedOptions(robust=True))
         pydicom.dcmwrite(io.BytesIO(), result.dataset, enforce_file_format=True)
     elif step == "verify":
         status = verify_dataset(pydicom.dcmread(marked), keys).status.value
@@ -98,7 +103,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--file", default="color3d_jpeg_baseline.dcm", help="a corpus file name")
     ap.add_argument("--repeat", type=int, default=2)
-    ap.add_argument("--job", choices=STEPS, help=argparse.SUPPRESS)
+    ap.add_argument("--robust", action="store_true", help=f"also time {ROBUST_STEP!r}: embed with the robust layer")
+    ap.add_argument("--job", choices=STEPS + (ROBUST_STEP,), help=argparse.SUPPRESS)
     ap.add_argument("--mark", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--source", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--marked", type=Path, help=argparse.SUPPRESS)
@@ -123,9 +129,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         marked = Path(tmp) / "marked.dcm"
         _run("--mark", "--source", str(source), "--marked", str(marked))
-        runs: dict[str, list[dict[str, float]]] = {s: [] for s in STEPS}
+        steps = STEPS + ((ROBUST_STEP,) if args.robust else ())
+        runs: dict[str, list[dict[str, float]]] = {s: [] for s in steps}
         for _ in range(args.repeat):  # interleaved, so drift hits every step alike
-            for step in STEPS:
+            for step in steps:
                 runs[step].append(json.loads(_run("--job", step, "--source", str(source), "--marked", str(marked))))
     print(f"## {args.file}: {frames} frames x {ds.Rows}x{ds.Columns} x {ds.SamplesPerPixel}, "
           f"{samples / 1e6:.1f} M samples, BitsStored {ds.BitsStored}; {args.repeat} runs each, medians")
@@ -134,7 +141,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     base_s = statistics.median(r["seconds"] for r in runs["baseline"])
     base_mb = statistics.median(r["peak_mb"] for r in runs["baseline"])
-    for step in STEPS:
+    for step in steps:
         s = statistics.median(r["seconds"] for r in runs[step])
         mb = statistics.median(r["peak_mb"] for r in runs[step])
         print(f"| {step} | {s:.2f} | {s / base_s:.1f} | {mb:.0f} | {mb / base_mb:.1f} | {mb * 2**20 / samples:.1f} |")
