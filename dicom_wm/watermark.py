@@ -11,7 +11,6 @@ from __future__ import annotations
 import bisect
 import copy
 import enum
-import hashlib
 import math
 import time
 import uuid
@@ -46,7 +45,7 @@ from dicom_wm.keys import KeyStore
 from dicom_wm.payload.block import FORMAT_VERSION, PREDICTOR_CODES, TILE, WALK_ROBUST, PlaneBlock
 from dicom_wm.payload.mac import (
     canonical_dtype,
-    canonical_samples,
+    samples_sha256,
     identity_bytes,
     instance_mac,
     tile_digests,
@@ -251,7 +250,7 @@ def embed_dataset(
 
     t = time.perf_counter()
     dtype = canonical_dtype(px.bits_stored, px.signed)
-    sample_sha = hashlib.sha256(canonical_samples(px.samples, dtype)).hexdigest()
+    sample_sha = samples_sha256(px.samples, dtype)
     pcode, psha = _predictor_fields(predictor)
     planes = _to_planes(px.samples)
     mode = WalkMode(roi=options.roi_lossless, inverted=px.photometric == "MONOCHROME1")
@@ -644,7 +643,7 @@ def _verify(
         result.status = VerifyStatus.INVALID
         result.error = "instance MAC mismatch: identifying attributes changed (not localisable to tiles)"
         return result, replace(px, samples=restored)
-    result.original_sample_sha256 = hashlib.sha256(canonical_samples(restored, dtype)).hexdigest()
+    result.original_sample_sha256 = samples_sha256(restored, dtype)
     return result, replace(px, samples=restored)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 import uuid
 import warnings
@@ -107,6 +108,9 @@ def test_corpus_embed_verify_restore(entry):
     assert check.status is VerifyStatus.AUTHENTIC, check.error
     assert check.record_uuid == result.record_uuid and check.key_id == "ktest0001"
     assert check.original_sample_sha256 == result.original_sample_sha256
+    # provenance pins the original samples as little-endian int32 (int64 for unsigned 32-bit), (f, r, c, ch)
+    canonical = "<i8" if px.bits_stored == 32 and not px.signed else "<i4"
+    assert result.original_sample_sha256 == hashlib.sha256(before.astype(canonical).tobytes()).hexdigest()
 
     # Element-exact on the in-memory result (writing a file drops the retired
     # group-length elements, as pydicom always does); sample-exact from file.

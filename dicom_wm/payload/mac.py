@@ -14,6 +14,7 @@ __all__ = [
     "identity_bytes",
     "canonical_dtype",
     "canonical_samples",
+    "samples_sha256",
     "instance_mac",
     "tile_digests",
     "tile_grid",
@@ -52,6 +53,12 @@ def canonical_dtype(bits_stored: int, signed: bool) -> str:
 def canonical_samples(samples: np.ndarray, dtype: str) -> bytes:
     """Samples (frames, rows, cols, channels) as canonical little-endian bytes."""
     return np.ascontiguousarray(samples, dtype=dtype).tobytes()
+
+
+def samples_sha256(samples: np.ndarray, dtype: str) -> str:
+    """Hex SHA-256 of :func:`canonical_samples`, hashed from the array's
+    buffer (no bytes copy of a long cine)."""
+    return hashlib.sha256(np.ascontiguousarray(samples, dtype=dtype)).hexdigest()
 
 
 def tile_grid(rows: int, cols: int, tile: int) -> list[tuple[int, int, int, int]]:
