@@ -479,3 +479,12 @@ def test_waveform_goes_through_the_same_cli(tmp_path):
     assert runner.invoke(app, ["restore", str(out), str(back), "--keys", str(keys_path)]).exit_code == 0
     a, b = pydicom.dcmread(src), pydicom.dcmread(back)
     assert a.WaveformSequence[0].WaveformData == b.WaveformSequence[0].WaveformData
+
+
+def test_cli_start_does_not_load_scipy_or_torch():
+    """Every command pays for the CLI's imports: the robust layer and the
+    ROI mask (scipy, ~0.2 s) and the learned predictor (torch) load only in
+    the commands that use them."""
+    probe = "import sys, dicom_wm.cli.app; print(sorted(m for m in ('scipy', 'torch') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

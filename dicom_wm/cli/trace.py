@@ -19,8 +19,6 @@ import typer
 
 from dicom_wm.cli.common import EXIT_FAILED, EXIT_OK, DataDirOpt, JsonOpt, KeysOpt, fail, load_keystore, out_console
 from dicom_wm.keys import default_data_dir
-from dicom_wm.robust import decode_robust, parse_message, recipient_tag, record_prefix
-from dicom_wm.robust.frames import FrameStack, decode_frames_detail
 
 __all__ = ["register", "trace", "load_image", "load_frames", "decoder_for", "Decoder"]
 
@@ -130,6 +128,10 @@ def decoder_for(path: Path) -> Decoder:
     ValueError
         When ``path`` cannot be read.
     """
+    # the robust layer (scipy, ~0.2 s to import) loads only for this command
+    from dicom_wm.robust import decode_robust
+    from dicom_wm.robust.frames import FrameStack, decode_frames_detail
+
     if _is_audio(path):
         from dicom_wm.robust.audio import decode_audio_robust, load_audio
 
@@ -165,6 +167,7 @@ def _lookup(url: str, message: bytes) -> dict[str, Any]:
     from sqlalchemy import select
 
     from dicom_wm.db import Destination, Instance, get_sessionmaker
+    from dicom_wm.robust import parse_message, recipient_tag, record_prefix
 
     tag, who = parse_message(message)
     with get_sessionmaker(url)() as session:
@@ -225,6 +228,8 @@ def trace(
     result: dict[str, Any] = {"file": str(image), "message": message.hex() if message else None, "key_id": key_id}
     result.update(extra)
     if message is not None:
+        from dicom_wm.robust import parse_message, record_prefix
+
         tag, who = parse_message(message)
         result["record_tag"] = record_prefix(tag)
         result["recipient_tag"] = who or None

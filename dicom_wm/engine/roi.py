@@ -8,7 +8,6 @@ lattice only (A samples are replaced by their rhombus prediction from B)."""
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 from dicom_wm.engine.predictors import ClassicRhombus, a_lattice_mask
 
@@ -34,6 +33,8 @@ def _otsu(values: np.ndarray) -> float:
 def body_mask(plane: np.ndarray, *, inverted: bool = False) -> np.ndarray:
     """Bool (rows, cols): the body (foreground) of one plane, from its B
     lattice. ``inverted`` for MONOCHROME1 (body darker than background)."""
+    from scipy import ndimage  # ~0.2 s to import: only the ROI-lossless mode needs it
+
     rows, cols = plane.shape
     estimate = np.where(a_lattice_mask(rows, cols), ClassicRhombus().predict(plane[None])[0], plane)
     if inverted:
