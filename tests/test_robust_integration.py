@@ -137,3 +137,20 @@ def test_real_robust_layer_round_trip_and_trace():
     assert np.array_equal(read_samples(restore_dataset(result.dataset, KEYS).dataset).samples, before)
     stored = read_samples(result.dataset).samples[0, :, :, 0]
     assert robust.decode_robust(stored, KEYS.secret("krob00001")) == message
+
+
+def test_real_robust_layer_marks_planes_in_threads_with_the_same_result():
+    """``threads`` only changes how many planes are marked at once: the
+    stored samples are the same as one at a time, and restore stays exact."""
+    pytest.importorskip("dicom_wm.robust")
+    ds = pydicom.dcmread(pydicom_data_files() / "US1_UNCR.dcm")  # 3 planes (RGB)
+    record = uuid.UUID(int=7)
+    one = embed_dataset(ds, KEYS, record_uuid=record, options=EmbedOptions(robust=True, threads=1))
+    three = embed_dataset(ds, KEYS, record_uuid=record, options=EmbedOptions(robust=True, threads=3))
+    assert three.robust_message == one.robust_message
+    assert np.array_equal(read_samples(three.dataset).samples, read_samples(one.dataset).samples)
+    assert three.dataset.PixelData == one.dataset.PixelData
+    restored = restore_dataset(three.dataset, KEYS).dataset
+    assert np.array_equal(read_samples(restored).samples, read_samples(ds).samples)
+    with pytest.raises(ValueError, match="threads 0"):
+        embed_dataset(ds, KEYS, options=EmbedOptions(robust=True, threads=0))

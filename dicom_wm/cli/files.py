@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import math
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -133,7 +134,8 @@ def embed(
     except Exception as exc:  # a missing model or optional dependency
         fail(f"predictor {predictor.value!r} is not available: {exc}", EXIT_CONFIG)
     jobs = plan_pairs(inp, out)
-    options = EmbedOptions(predictor=predictor.value, roi_lossless=roi_lossless, robust=robust)
+    # run_jobs takes the files one at a time: the robust layer may use every core for one file's planes
+    options = EmbedOptions(predictor=predictor.value, roi_lossless=roi_lossless, robust=robust, threads=os.cpu_count() or 1)
 
     def work(job: Job) -> FileRecord:
         assert job.dst is not None
