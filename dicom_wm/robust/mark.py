@@ -179,16 +179,13 @@ def _pattern(shape: tuple[int, int], message: bytes, secret: bytes, gains: bytes
     if gains:
         lay = layout(secret)
         g[lay.data] = np.frombuffer(gains, dtype=np.uint8).astype(np.int64)[lay.bit_of]
-    if smap:
-        # version 3: amplitude * gain * map, one floor division per sample
-        return _Pattern(
-            shape, _full(sign, shape), _full(tile_from_chips(g, np.ones_like(SHAPE)) * weights, shape)
-            * _map_samples(smap, shape), GAIN_UNIT * MAP_UNIT * _full(dither(secret), shape),
-            GAIN_UNIT * MAP_UNIT * SHAPE_SCALE, tiled=False,
-        )
+    gained = tile_from_chips(g, np.ones_like(SHAPE)) * weights
+    if smap:  # version 3: amplitude * gain * map, one floor division per sample
+        base = _full(gained, shape) * _map_samples(smap, shape)
+        offset = GAIN_UNIT * MAP_UNIT * _full(dither(secret), shape)
+        return _Pattern(shape, _full(sign, shape), base, offset, GAIN_UNIT * MAP_UNIT * SHAPE_SCALE, tiled=False)
     if gains:  # amplitude * q / GAIN_UNIT in 1/16 units, one floor division
-        return _Pattern(shape, sign, tile_from_chips(g, np.ones_like(SHAPE)) * weights, GAIN_UNIT * dither(secret),
-                        GAIN_UNIT * SHAPE_SCALE, tiled=True)
+        return _Pattern(shape, sign, gained, GAIN_UNIT * dither(secret), GAIN_UNIT * SHAPE_SCALE, tiled=True)
     return _Pattern(shape, sign, weights, dither(secret), SHAPE_SCALE, tiled=True)
 
 
