@@ -481,10 +481,19 @@ def test_waveform_goes_through_the_same_cli(tmp_path):
     assert a.WaveformSequence[0].WaveformData == b.WaveformSequence[0].WaveformData
 
 
-def test_cli_start_does_not_load_scipy_or_torch():
+def test_cli_start_loads_only_what_every_command_needs():
     """Every command pays for the CLI's imports: the robust layer and the
-    ROI mask (scipy, ~0.2 s) and the learned predictor (torch) load only in
-    the commands that use them."""
-    probe = "import sys, dicom_wm.cli.app; print(sorted(m for m in ('scipy', 'torch') if m in sys.modules))"
+    ROI mask (scipy, ~0.2 s), the learned predictor (torch), the database
+    (sqlalchemy, ~0.15 s) and the settings model (pydantic) load only in the
+    commands that use them."""
+    heavy = ("scipy", "torch", "sqlalchemy", "pydantic")
+    probe = f"import sys, dicom_wm.cli.app; print(sorted(m for m in {heavy!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_audit_kinds_are_the_event_kinds():
+    from dicom_wm.cli.audit import EVENT_KINDS
+    from dicom_wm.db.models import EventKind
+
+    assert EVENT_KINDS == tuple(k.value for k in EventKind)

@@ -59,6 +59,27 @@ def test_db_upgrade_then_status_and_show(tmp_path: Path) -> None:
     assert human.exit_code == 0 and "received" in human.output
 
 
+def test_status_and_show_on_a_fresh_data_dir(tmp_path: Path) -> None:
+    """Before the first serve: the SQLite schema is created as serve would
+    (status used to fail with "no such table", show with a traceback)."""
+    status = runner.invoke(app, ["status", "--json", "--data-dir", str(tmp_path)])
+    assert status.exit_code == 0, status.output
+    assert json.loads(status.output)["total"] == 0
+    show = runner.invoke(app, ["show", "1.2.3.4", "--data-dir", str(tmp_path / "other")])
+    assert show.exit_code == 1 and "no instance" in show.output
+
+
+@pytest.mark.parametrize("command", [["status"], ["show", "1.2.3.4"], ["audit"]])
+def test_unreachable_database_is_one_line(tmp_path: Path, command: list[str]) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    url = f"sqlite:///{blocker / 'x.sqlite3'}"  # cannot be created or opened
+    result = runner.invoke(app, [*command, "--data-dir", str(tmp_path), "--db", url])
+    assert result.exit_code == 1, result.output
+    assert "unavailable" in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
 def test_show_unknown_uid_fails(tmp_path: Path) -> None:
     runner.invoke(app, ["db", "upgrade", "--data-dir", str(tmp_path)])
     result = runner.invoke(app, ["show", "1.2.3.4", "--data-dir", str(tmp_path)])

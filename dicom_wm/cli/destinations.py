@@ -11,20 +11,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_wm.cli.common import exit_error
 from dicom_wm.cli.service import ConfigOpt, DataDirOpt, DbOpt, JsonOpt
-from dicom_wm.db.destinations import EgressPolicy
 
-__all__ = ["register", "dest_app", "open_database"]
+if TYPE_CHECKING:  # sqlalchemy and pydantic load only in the commands that use them
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from dicom_wm.settings import Settings
+
+__all__ = ["register", "dest_app", "open_database", "sessions_for"]
 
 dest_app = typer.Typer(
     help="Retrieve destinations: C-MOVE targets and the policy each one (or a C-GET requester) gets.",
@@ -40,14 +41,26 @@ PolicyOpt = Annotated[
 def open_database(config: Path | None, data_dir: Path | None, db: str | None) -> sessionmaker[Session]:
     """Settings from flags / env / TOML, the schema checked (SQLite: created
     or upgraded), and the session factory; exits with a one-line error."""
-    from dicom_wm.db.engine import get_sessionmaker
-    from dicom_wm.ingest.runtime import SchemaOutOfDate, ensure_schema
-    from dicom_wm.settings import load_settings, redact_url
+    from pydantic import ValidationError
+
+    from dicom_wm.settings import load_settings
 
     try:
         settings = load_settings(config, data_dir=data_dir, db=db)
     except (ValidationError, ValueError) as exc:
         raise exit_error(f"invalid configuration: {exc}", 2) from None
+    return sessions_for(settings)
+
+
+def sessions_for(settings: Settings) -> sessionmaker[Session]:
+    """The session factory of ``settings``' database, its schema checked
+    (SQLite: created or upgraded, as ``serve`` does); exits with a one-line error."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from dicom_wm.db.engine import get_sessionmaker
+    from dicom_wm.ingest.runtime import SchemaOutOfDate, ensure_schema
+    from dicom_wm.settings import redact_url
+
     try:
         ensure_schema(settings, upgrade_sqlite=True)
     except SchemaOutOfDate as exc:
@@ -62,13 +75,15 @@ def add(
     ae_title: Annotated[str, typer.Argument(help="the destination's AE title (C-MOVE Move Destination)")],
     host: Annotated[str, typer.Argument(help="host name or IP address")],
     port: Annotated[int, typer.Argument(help="DICOM port")],
-    policy: PolicyOpt = EgressPolicy.WATERMARKED.value,
+    policy: PolicyOpt = "watermarked",
     data_dir: DataDirOpt = None,
     db: DbOpt = None,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
 ) -> None:
     """Add a destination, or change the host, port and policy of an existing one."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from dicom_wm.ingest.events import user_actor
     from dicom_wm.retrieve.destinations import add_destination
 
@@ -94,6 +109,8 @@ def list_(
     config: ConfigOpt = None,
 ) -> None:
     """The destinations, by AE title."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from dicom_wm.retrieve.destinations import list_destinations
 
     sessions = open_database(config, data_dir, db)
@@ -120,6 +137,8 @@ def remove(
     config: ConfigOpt = None,
 ) -> None:
     """Remove a destination (C-MOVE to it then fails with 0xA801)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from dicom_wm.ingest.events import user_actor
     from dicom_wm.retrieve.destinations import remove_destination
 

@@ -15,15 +15,16 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
 from dicom_wm.cli.common import exit_error
-from dicom_wm.settings import Settings, load_settings
+
+if TYPE_CHECKING:  # pydantic and sqlalchemy load only in the commands that use them
+    from dicom_wm.settings import Settings
 
 __all__ = ["register", "db_app"]
 
@@ -70,6 +71,10 @@ RobustOpt = Annotated[
 
 
 def _settings(config: Path | None, **overrides: Any) -> Settings:
+    from pydantic import ValidationError
+
+    from dicom_wm.settings import load_settings
+
     try:
         return load_settings(config, **overrides)
     except (ValidationError, ValueError) as exc:
@@ -260,7 +265,7 @@ def status(
     settings = _settings(config, data_dir=data_dir, db=db, broker=broker)
     from sqlalchemy.exc import SQLAlchemyError
 
-    from dicom_wm.db.engine import get_sessionmaker
+    from dicom_wm.cli.destinations import sessions_for  # here: cli.destinations imports this module
     from dicom_wm.ingest.report import status_summary
 
     depths = None
@@ -272,7 +277,7 @@ def status(
         except Exception as exc:  # the broker being down is worth reporting, not crashing over
             typer.echo(f"warning: broker unreachable: {exc}", err=True)
     try:
-        summary = status_summary(get_sessionmaker(settings.db_url), depths)
+        summary = status_summary(sessions_for(settings), depths)
     except SQLAlchemyError as exc:
         raise exit_error(f"database unavailable: {str(exc).splitlines()[0]}") from None
     if as_json:
@@ -309,10 +314,15 @@ def show(
 ) -> None:
     """Provenance and events of one instance (every received version)."""
     settings = _settings(config, data_dir=data_dir, db=db)
-    from dicom_wm.db.engine import get_sessionmaker
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from dicom_wm.cli.destinations import sessions_for  # here: cli.destinations imports this module
     from dicom_wm.ingest.report import instance_report
 
-    report = instance_report(get_sessionmaker(settings.db_url), sop_instance_uid)
+    try:
+        report = instance_report(sessions_for(settings), sop_instance_uid)
+    except SQLAlchemyError as exc:
+        raise exit_error(f"database unavailable: {str(exc).splitlines()[0]}") from None
     if report is None:
         raise exit_error(f"no instance with SOP Instance UID {sop_instance_uid!r}")
     if as_json:
