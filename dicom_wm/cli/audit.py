@@ -10,8 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from dicom_wm.cli.common import exit_error
-from dicom_wm.cli.destinations import open_database
+from dicom_wm.cli.common import exit_error, open_database
 from dicom_wm.cli.service import ConfigOpt, DataDirOpt, DbOpt
 
 __all__ = ["register", "audit", "studies"]

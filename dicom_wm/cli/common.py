@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -19,6 +19,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from dicom_wm.errors import KeyStoreError
 from dicom_wm.keys import DATA_DIR_ENV, KEYS_ENV, KeyStore, default_keys_path
+
+if TYPE_CHECKING:  # sqlalchemy and pydantic load only in the commands that use them
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from dicom_wm.settings import Settings
 
 __all__ = [
     "DataDirOpt",
@@ -35,6 +40,9 @@ __all__ = [
     "plan_inputs",
     "FileRecord",
     "run_jobs",
+    "exit_error",
+    "open_database",
+    "sessions_for",
 ]
 
 EXIT_OK = 0
@@ -61,6 +69,38 @@ def exit_error(message: str, code: int = 1) -> typer.Exit:
     (``raise exit_error(...) from None`` keeps the cause out of the output)."""
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code)
+
+
+def open_database(config: Path | None, data_dir: Path | None, db: str | None) -> sessionmaker[Session]:
+    """Settings from flags / env / TOML, the schema checked (SQLite: created
+    or upgraded), and the session factory; exits with a one-line error."""
+    from pydantic import ValidationError
+
+    from dicom_wm.settings import load_settings
+
+    try:
+        settings = load_settings(config, data_dir=data_dir, db=db)
+    except (ValidationError, ValueError) as exc:
+        raise exit_error(f"invalid configuration: {exc}", 2) from None
+    return sessions_for(settings)
+
+
+def sessions_for(settings: Settings) -> sessionmaker[Session]:
+    """The session factory of ``settings``' database, its schema checked
+    (SQLite: created or upgraded, as ``serve`` does); exits with a one-line error."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from dicom_wm.db.engine import get_sessionmaker
+    from dicom_wm.ingest.runtime import SchemaOutOfDate, ensure_schema
+    from dicom_wm.settings import redact_url
+
+    try:
+        ensure_schema(settings, upgrade_sqlite=True)
+    except SchemaOutOfDate as exc:
+        raise exit_error(str(exc), 2) from None
+    except (SQLAlchemyError, OSError) as exc:
+        raise exit_error(f"database {redact_url(settings.db_url)} unavailable: {str(exc).splitlines()[0]}") from None
+    return get_sessionmaker(settings.db_url)
 
 
 def fail(message: str, code: int = EXIT_CONFIG) -> NoReturn:

@@ -10,22 +10,17 @@ needed, any other database must be at the current revision
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from dicom_wm.cli.common import exit_error
+from dicom_wm.cli.common import exit_error, open_database
 from dicom_wm.cli.service import ConfigOpt, DataDirOpt, DbOpt, JsonOpt
 
-if TYPE_CHECKING:  # sqlalchemy and pydantic load only in the commands that use them
-    from sqlalchemy.orm import Session, sessionmaker
 
-    from dicom_wm.settings import Settings
-
-__all__ = ["register", "dest_app", "open_database", "sessions_for"]
+__all__ = ["register", "dest_app"]
 
 dest_app = typer.Typer(
     help="Retrieve destinations: C-MOVE targets and the policy each one (or a C-GET requester) gets.",
@@ -36,38 +31,6 @@ PolicyOpt = Annotated[
     str,
     typer.Option("--policy", help="watermarked: verified watermarked instances; original: verified, restored originals; fingerprint: verified copies re-marked with a robust mark naming this destination"),
 ]
-
-
-def open_database(config: Path | None, data_dir: Path | None, db: str | None) -> sessionmaker[Session]:
-    """Settings from flags / env / TOML, the schema checked (SQLite: created
-    or upgraded), and the session factory; exits with a one-line error."""
-    from pydantic import ValidationError
-
-    from dicom_wm.settings import load_settings
-
-    try:
-        settings = load_settings(config, data_dir=data_dir, db=db)
-    except (ValidationError, ValueError) as exc:
-        raise exit_error(f"invalid configuration: {exc}", 2) from None
-    return sessions_for(settings)
-
-
-def sessions_for(settings: Settings) -> sessionmaker[Session]:
-    """The session factory of ``settings``' database, its schema checked
-    (SQLite: created or upgraded, as ``serve`` does); exits with a one-line error."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from dicom_wm.db.engine import get_sessionmaker
-    from dicom_wm.ingest.runtime import SchemaOutOfDate, ensure_schema
-    from dicom_wm.settings import redact_url
-
-    try:
-        ensure_schema(settings, upgrade_sqlite=True)
-    except SchemaOutOfDate as exc:
-        raise exit_error(str(exc), 2) from None
-    except (SQLAlchemyError, OSError) as exc:
-        raise exit_error(f"database {redact_url(settings.db_url)} unavailable: {str(exc).splitlines()[0]}") from None
-    return get_sessionmaker(settings.db_url)
 
 
 @dest_app.command("add")

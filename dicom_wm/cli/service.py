@@ -21,7 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from dicom_wm.cli.common import exit_error
+from dicom_wm.cli.common import exit_error, sessions_for
 
 if TYPE_CHECKING:  # pydantic and sqlalchemy load only in the commands that use them
     from dicom_wm.settings import Settings
@@ -265,7 +265,6 @@ def status(
     settings = _settings(config, data_dir=data_dir, db=db, broker=broker)
     from sqlalchemy.exc import SQLAlchemyError
 
-    from dicom_wm.cli.destinations import sessions_for  # here: cli.destinations imports this module
     from dicom_wm.ingest.report import status_summary
 
     depths = None
@@ -316,7 +315,6 @@ def show(
     settings = _settings(config, data_dir=data_dir, db=db)
     from sqlalchemy.exc import SQLAlchemyError
 
-    from dicom_wm.cli.destinations import sessions_for  # here: cli.destinations imports this module
     from dicom_wm.ingest.report import instance_report
 
     try:
