@@ -223,7 +223,6 @@ def test_a_lattice_fast_path_equals_the_full_maps(rng_seed, rows, cols, depth, k
     assert np.array_equal(got.pred, expected.pred)
 
 
-
 @pytest.mark.parametrize("size", [0, 1, 2, 1000, 70_000, 300_000])
 @pytest.mark.parametrize("key_max", [0, 1, 255, 0x3FFF, 0xFFFF])
 def test_stable_order_is_the_stable_argsort(size, key_max):

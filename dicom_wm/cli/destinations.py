@@ -19,7 +19,6 @@ from rich.table import Table
 from dicom_wm.cli.common import exit_error, open_database
 from dicom_wm.cli.service import ConfigOpt, DataDirOpt, DbOpt, JsonOpt
 
-
 __all__ = ["register", "dest_app"]
 
 dest_app = typer.Typer(

@@ -88,6 +88,20 @@ def _reflect_pad(plane: np.ndarray) -> np.ndarray:
     return out
 
 
+def _rhombus(n: np.ndarray, s: np.ndarray, w: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The classic prediction and cost from the four neighbours (docs/format.md §2)."""
+    pred = n + s
+    pred += w
+    pred += e
+    pred += 2
+    pred >>= 2
+    cost = np.abs(n - w)
+    cost += np.abs(w - s)
+    cost += np.abs(s - e)
+    cost += np.abs(e - n)
+    return pred, cost
+
+
 class ClassicRhombus:
     """Rhombus (4-neighbour mean) predictor, the CPU path."""
 
@@ -96,10 +110,8 @@ class ClassicRhombus:
     model_sha256: str | None = None
 
     def predict_and_complexity(self, planes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        n, s, w, e = neighbours(_narrow(planes))
-        pred = ((n + s + w + e + 2) >> 2).astype(np.int64)
-        cost = (np.abs(n - w) + np.abs(w - s) + np.abs(s - e) + np.abs(e - n)).astype(np.int64)
-        return pred, cost
+        pred, cost = _rhombus(*neighbours(_narrow(planes)))
+        return pred.astype(np.int64, copy=False), cost.astype(np.int64, copy=False)
 
     def predict_a_lattice(self, plane: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """``predict_and_complexity`` of one (rows, cols) plane at its
@@ -128,17 +140,7 @@ class ClassicRhombus:
             s = vertical[parity + 2 : parity + 2 + 2 * n_rows : 2, parity : parity + n_cols]
             w = horizontal[parity + 1 : parity + 1 + 2 * n_rows : 2, 0:n_cols]
             e = horizontal[parity + 1 : parity + 1 + 2 * n_rows : 2, 1 : n_cols + 1]
-            p = pred[parity::2, :n_cols]
-            np.add(n, s, out=p)
-            p += w
-            p += e
-            p += 2
-            p >>= 2
-            c = np.abs(n - w)
-            c += np.abs(w - s)
-            c += np.abs(s - e)
-            c += np.abs(e - n)
-            cost[parity::2, :n_cols] = c
+            pred[parity::2, :n_cols], cost[parity::2, :n_cols] = _rhombus(n, s, w, e)
         if cols % 2:  # odd rows are one position short
             keep = np.ones((rows, width), bool)
             keep[1::2, -1] = False
