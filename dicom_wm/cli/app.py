@@ -10,7 +10,7 @@ import typer
 
 from dicom_wm import __version__
 from dicom_wm.allocator import tune_allocator
-from dicom_wm.cli import audit, destinations, files, keys, service, trace
+from dicom_wm.cli import archive, audit, destinations, files, keys, service, trace
 
 __all__ = ["app", "main", "COMMAND_MODULES"]
 
@@ -23,7 +23,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-COMMAND_MODULES = (keys, files, service, destinations, audit, trace)
+COMMAND_MODULES = (keys, files, service, destinations, audit, trace, archive)
 for _module in COMMAND_MODULES:
     _module.register(app)
 

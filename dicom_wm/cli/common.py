@@ -41,6 +41,7 @@ __all__ = [
     "FileRecord",
     "run_jobs",
     "exit_error",
+    "cli_settings",
     "open_database",
     "sessions_for",
 ]
@@ -71,18 +72,23 @@ def exit_error(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-def open_database(config: Path | None, data_dir: Path | None, db: str | None) -> sessionmaker[Session]:
-    """Settings from flags / env / TOML, the schema checked (SQLite: created
-    or upgraded), and the session factory; exits with a one-line error."""
+def cli_settings(config: Path | None, **overrides: Any) -> Settings:
+    """Settings from flags (``overrides``) / env / TOML ``config``; exits
+    with a one-line error."""
     from pydantic import ValidationError
 
     from dicom_wm.settings import load_settings
 
     try:
-        settings = load_settings(config, data_dir=data_dir, db=db)
+        return load_settings(config, **overrides)
     except (ValidationError, ValueError) as exc:
         raise exit_error(f"invalid configuration: {exc}", 2) from None
-    return sessions_for(settings)
+
+
+def open_database(config: Path | None, data_dir: Path | None, db: str | None) -> sessionmaker[Session]:
+    """Settings from flags / env / TOML, the schema checked (SQLite: created
+    or upgraded), and the session factory; exits with a one-line error."""
+    return sessions_for(cli_settings(config, data_dir=data_dir, db=db))
 
 
 def sessions_for(settings: Settings) -> sessionmaker[Session]:

@@ -21,7 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from dicom_wm.cli.common import exit_error, sessions_for
+from dicom_wm.cli.common import cli_settings, exit_error, sessions_for
 
 if TYPE_CHECKING:  # pydantic and sqlalchemy load only in the commands that use them
     from dicom_wm.settings import Settings
@@ -70,17 +70,6 @@ RobustOpt = Annotated[
 ]
 
 
-def _settings(config: Path | None, **overrides: Any) -> Settings:
-    from pydantic import ValidationError
-
-    from dicom_wm.settings import load_settings
-
-    try:
-        return load_settings(config, **overrides)
-    except (ValidationError, ValueError) as exc:
-        raise exit_error(f"invalid configuration: {exc}", 2) from None
-
-
 def _logging(settings: Settings) -> None:
     logging.basicConfig(
         level=settings.log_level,
@@ -126,7 +115,7 @@ def serve(
     config: ConfigOpt = None,
 ) -> None:
     """Run the DICOM service: Storage SCP, queue, and (without --broker) the workers."""
-    settings = _settings(config, host=host, port=port, ae_title=ae_title, data_dir=data_dir, db=db,
+    settings = cli_settings(config, host=host, port=port, ae_title=ae_title, data_dir=data_dir, db=db,
                          broker=broker, workers=workers, predictor=predictor, device=device,
                          batch_size=batch_size, batch_wait_ms=batch_wait_ms, roi_lossless=roi_lossless,
                          robust=robust)
@@ -219,7 +208,7 @@ def worker(
     config: ConfigOpt = None,
 ) -> None:
     """Run a Celery worker (distributed mode) consuming the watermark queues."""
-    settings = _settings(config, data_dir=data_dir, db=db, broker=broker, queues=queues, workers=concurrency,
+    settings = cli_settings(config, data_dir=data_dir, db=db, broker=broker, queues=queues, workers=concurrency,
                          predictor=predictor, device=device, roi_lossless=roi_lossless, robust=robust)
     _logging(settings)
     if settings.embedded:
@@ -262,7 +251,7 @@ def status(
     config: ConfigOpt = None,
 ) -> None:
     """Instances per state, queue depth and the latest errors."""
-    settings = _settings(config, data_dir=data_dir, db=db, broker=broker)
+    settings = cli_settings(config, data_dir=data_dir, db=db, broker=broker)
     from sqlalchemy.exc import SQLAlchemyError
 
     from dicom_wm.ingest.report import status_summary
@@ -312,7 +301,7 @@ def show(
     config: ConfigOpt = None,
 ) -> None:
     """Provenance and events of one instance (every received version)."""
-    settings = _settings(config, data_dir=data_dir, db=db)
+    settings = cli_settings(config, data_dir=data_dir, db=db)
     from sqlalchemy.exc import SQLAlchemyError
 
     from dicom_wm.ingest.report import instance_report
@@ -354,7 +343,7 @@ def db_upgrade(
     config: ConfigOpt = None,
 ) -> None:
     """Create or migrate the database schema to the current version."""
-    settings = _settings(config, data_dir=data_dir, db=db)
+    settings = cli_settings(config, data_dir=data_dir, db=db)
     _logging(settings)
     from sqlalchemy.exc import SQLAlchemyError
 
