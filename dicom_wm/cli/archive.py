@@ -9,7 +9,6 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
 from dicom_wm.cli.common import EXIT_FAILED, KeysOpt, cli_settings, err_console, exit_error, load_keystore, sessions_for
 from dicom_wm.cli.service import ConfigOpt, DataDirOpt, DbOpt, JsonOpt
@@ -79,14 +78,10 @@ def _print(report, orphans_dir, verify: bool) -> None:  # type: ignore[no-untype
         line += f", {report.verified} watermarks verified"
     line += f": {len(report.findings)} not as recorded, {len(report.orphans)} not named by any row"
     console.print(line, markup=False)
-    if report.findings:
-        table = Table(title="not as recorded")
-        for col in ("row", "SOP Instance UID", "v", "state", "problem", "detail", "file"):
-            table.add_column(col, overflow="fold")
-        for f in report.findings:
-            table.add_row(str(f.instance_id), f.sop_instance_uid, str(f.version), f.state, f.problem, f.detail,
-                          f.archive_path)
-        console.print(table)
+    for f in report.findings:
+        tiles = f"; tiles {', '.join(str(t) for t in f.tiles)}" if f.tiles else ""
+        console.print(f"{f.problem}  {f.archive_path}  (row {f.instance_id}, {f.sop_instance_uid} v{f.version}, "
+                      f"{f.state}): {f.detail}{tiles}", markup=False)
     moved = set(report.moved)
     for rel in report.orphans:
         console.print(f"orphan: {rel}" + (f" (moved to {orphans_dir})" if rel in moved else ""), markup=False)

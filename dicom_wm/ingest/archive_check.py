@@ -131,11 +131,11 @@ def _check_file(row: Any, data_dir: Path, keys: KeyStore | None) -> tuple[Findin
     prepared = prepare(item, EgressPolicy.WATERMARKED, keys, data, digest)  # type: ignore[arg-type]
     authentic = prepared.verdict is Verdict.AUTHENTIC
     if changed:
-        verdict = "still authentic" if authentic else f"{prepared.verdict.value}: {prepared.reason}"
-        return finding("changed", f"SHA-256 differs from the one recorded; watermark {verdict}",
+        verdict = "watermark still authentic" if authentic else prepared.reason
+        return finding("changed", f"SHA-256 differs from the one recorded; {verdict}",
                        prepared.tampered_tiles), size, False
     if not authentic:
-        detail = f"the file is as recorded (SHA-256) but its watermark is {prepared.verdict.value}: {prepared.reason}"
+        detail = f"the file is as recorded (SHA-256), but: {prepared.reason}"
         return finding("not_authentic", detail, prepared.tampered_tiles), size, False
     return None, size, True
 
