@@ -40,7 +40,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from io import BytesIO
 
-from pydicom.datadict import add_private_dict_entries
+from pydicom.datadict import add_private_dict_entries, keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, PrivateBlock
 from pydicom.filebase import DicomBytesIO
@@ -50,7 +50,7 @@ from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
 
 from dicom_wm import __version__
-from dicom_wm.errors import UnsupportedInput
+from dicom_wm.errors import NotAuthentic, UnsupportedInput
 
 __all__ = [
     "PRIVATE_GROUP",
@@ -341,15 +341,33 @@ def read_watermark_header(ds: Dataset) -> WatermarkHeader | None:
     )
 
 
-def remove_watermark_header(ds: Dataset) -> None:
+def _identity_changes(ds: Dataset, restored: list[DataElement], added: list[BaseTag]) -> list[str]:
+    """Identifying attributes that putting back ``restored`` and deleting
+    ``added`` would change, compared as the identity text compares them."""
+    from dicom_wm.payload.mac import IDENTITY_KEYWORDS
+
+    def text(value: object) -> str:
+        return "" if value is None else str(value).strip()
+
+    changed = [e.keyword for e in restored if e.keyword in IDENTITY_KEYWORDS and text(e.value) != text(ds.get(e.keyword, ""))]
+    changed += [kw for kw in map(keyword_for_tag, added) if kw in IDENTITY_KEYWORDS and text(ds.get(kw, ""))]
+    return sorted(set(changed))
+
+
+def remove_watermark_header(ds: Dataset, *, keep_identity: bool = False) -> None:
     """Undo :func:`apply_watermark_header` on ``ds`` in place.
 
     Removes the private block and the Contributing Equipment item (or the
     whole sequence when apply created it), puts back the recorded original
     elements and deletes the elements embed added.
 
-    Raises :class:`~dicom_wm.errors.UnsupportedInput` when ``ds`` has no
-    dicom-wm block or the block is malformed; ``ds`` is then unchanged.
+    The recorded values are not covered by the watermark's MACs, so they may
+    not change an identifying attribute (``IDENTITY_KEYWORDS``, which the
+    instance MAC covers and embedding never changes): that raises
+    :class:`~dicom_wm.errors.NotAuthentic`, or with ``keep_identity`` those
+    values are left as they are. Raises :class:`~dicom_wm.errors.UnsupportedInput`
+    when ``ds`` has no dicom-wm block or the block is malformed. Either way
+    ``ds`` is then unchanged.
     """
     block = _find_block(ds)
     if block is None:
@@ -366,6 +384,14 @@ def remove_watermark_header(ds: Dataset) -> None:
         ) from None
     added_value = _raw(ds, block, _ADDED_TAGS)
     added = [] if added_value is None else (list(added_value) if isinstance(added_value, list) else [added_value])
+    changes = _identity_changes(ds, restored, added)
+    if changes and not keep_identity:
+        raise NotAuthentic(
+            f"the {PRIVATE_CREATOR!r} private block's original elements would change {', '.join(changes)}, "
+            "which the watermark authenticates: the header was edited"
+        )
+    restored = [elem for elem in restored if elem.keyword not in changes]
+    added = [tag for tag in added if keyword_for_tag(tag) not in changes]
     ce_created = _yes_no(ds, block, _CE_CREATED)
     ce_index = int(_require(ds, block, _CE_INDEX) if not ce_created else 0)  # type: ignore[call-overload]
     restore_charset = "SpecificCharacterSet" in originals and (

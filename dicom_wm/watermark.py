@@ -801,7 +801,7 @@ def restore_dataset(ds: Dataset, keys: KeyStore, *, force: bool = False) -> Rest
     px = restored
     out = _writable_copy(ds)
     write_samples(out, restored.samples, px)
-    remove_watermark_header(out)
+    remove_watermark_header(out, keep_identity=force)
     # The restored pixel data is native, so it keeps the photometric
     # interpretation it was decoded to (YBR_FULL_422 comes back as YBR_FULL,
     # JPEG 2000 YBR_ICT/RCT as RGB): the original's would not describe it.

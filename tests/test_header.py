@@ -255,3 +255,28 @@ def test_changed_elements_ignores_pixel_data():
     assert [e.keyword for e in original] == ["ImageType", "PatientName"]
     assert original.PatientName == before.PatientName
     assert added == [Tag(0x0028, 0x0301)]
+
+
+@pytest.mark.parametrize("attack", ["blob", "added"])
+def test_original_elements_may_not_change_identifying_attributes(attack):
+    """The recorded original elements are outside the MACs: an edited block
+    that would rewrite (or delete) an attribute the instance MAC covers is
+    refused, and with keep_identity those attributes stay as they are."""
+    from dicom_wm.errors import NotAuthentic
+
+    original = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    evil = copy.deepcopy(original)
+    if attack == "blob":
+        evil.SOPInstanceUID, evil.Rows = "1.2.3.4.5.6.7.8.9", 64
+        originals, added = changed_elements(evil, original)  # "restore" evil's values
+    else:
+        originals, added = Dataset(), [Tag(0x0008, 0x0018)]  # "restore" by deleting SOP Instance UID
+    marked = copy.deepcopy(original)
+    apply_watermark_header(marked, _info(original), originals, added_tags=added)
+    before = copy.deepcopy(marked)
+    with pytest.raises(NotAuthentic, match="SOPInstanceUID"):
+        remove_watermark_header(marked)
+    assert marked == before  # untouched
+    remove_watermark_header(marked, keep_identity=True)
+    assert marked.SOPInstanceUID == original.SOPInstanceUID and marked.Rows == original.Rows
+    assert read_watermark_header(marked) is None

@@ -24,7 +24,7 @@ from dicom_wm.pixels import read_samples
 from dicom_wm.query import RetrieveItem
 from dicom_wm.retrieve import EgressPool, Verdict, prepare
 from dicom_wm.retrieve.egress import read_archived
-from dicom_wm.watermark import embed_dataset
+from dicom_wm.watermark import embed_dataset, verify_dataset
 from ingest_support import source_file
 from scp.direct_store import _fragments, dataset_offset
 from scp.transfer import MAX_CONTEXTS, Route, propose_contexts, route
@@ -145,6 +145,22 @@ def test_a_changed_sample_is_tampered_with_its_tile(tmp_path: Path) -> None:
         out = _prepare(item, policy, keys, tmp_path)
         assert out.verdict is Verdict.TAMPERED and not out.ok and out.tamper and out.file_changed
         assert [0, 128, 384, 192, 448] in out.tampered_tiles and TILE == 64
+
+
+def test_an_edit_outside_the_watermark_is_caught_by_the_file_hash(tmp_path: Path) -> None:
+    """A header edit leaves the watermark authentic (it covers the samples
+    and the identifying attributes); the recorded SHA-256 still refuses it."""
+    keys, _ = _keys(tmp_path)
+    item, _ = _archive(tmp_path, _ct(), keys)
+    path = tmp_path / item.archive_path
+    ds = pydicom.dcmread(path)
+    ds.PatientID = "SOMEONE-ELSE"
+    ds.save_as(path, enforce_file_format=True)
+    assert verify_dataset(pydicom.dcmread(path), keys).status.value == "authentic"
+    for policy in (WM, ORIG, EgressPolicy.FINGERPRINT):
+        out = _prepare(item, policy, keys, tmp_path)
+        assert out.verdict is Verdict.HASH_MISMATCH and not out.ok and out.tamper and out.file_changed
+        assert "although its watermark verifies" in out.reason
 
 
 def test_an_authentic_instance_in_the_wrong_place_is_refused(tmp_path: Path) -> None:

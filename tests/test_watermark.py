@@ -190,6 +190,31 @@ def test_changed_identity_is_invalid_not_authentic():
     assert check.status is VerifyStatus.INVALID and "identifying" in check.error
 
 
+def test_edited_original_elements_cannot_change_the_restored_identity():
+    """The private block's original values are not MAC'd: an edit that
+    makes restore write another SOP Instance UID or Rows is refused although
+    the watermark still verifies; --force restores with the file's identity."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    ds = pydicom.dcmread(pydicom.data.get_testdata_file("MR-SIEMENS-DICOM-WithOverlays.dcm"))
+    wm = embed_dataset(ds, KEYS).dataset
+    evil = Dataset()
+    evil.SOPInstanceUID, evil.Rows, evil.PatientID = "1.2.3.4.5.6.7.8.9", 64, "EVIL"
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_dataset(fp, evil)
+    block = wm.private_block(0x0077, "DICOM-WM 1")
+    wm[block.get_tag(0x08)].value = fp.getvalue()  # Original Elements
+    wm = _roundtrip(wm)
+    assert verify_dataset(wm, KEYS).status is VerifyStatus.AUTHENTIC  # the MACs do not cover the block
+    with pytest.raises(NotAuthentic, match="Rows, SOPInstanceUID"):
+        restore_dataset(wm, KEYS)
+    forced = restore_dataset(wm, KEYS, force=True).dataset
+    assert forced.SOPInstanceUID == ds.SOPInstanceUID and forced.Rows == ds.Rows
+    assert np.array_equal(read_samples(forced).samples, read_samples(ds).samples)
+
+
 def test_double_embed_refused_and_record_uuid_honoured():
     ds = pydicom.dcmread(pydicom.data.get_testdata_file("MR-SIEMENS-DICOM-WithOverlays.dcm"))
     rid = uuid.uuid4()

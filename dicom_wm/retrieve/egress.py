@@ -7,7 +7,11 @@ WATERMARKED rows (the archive holds the watermarked instance)
     The watermark is verified with the key store. It must be authentic *and*
     belong to this row: the same record UUID, SOP Instance UID and original
     sample SHA-256 as the provenance record (an authentic instance copied
-    over another one's file is caught here). Then
+    over another one's file is caught here). The file's SHA-256 must also
+    still be the one recorded: the watermark protects the samples and the
+    identifying attributes, and this catches an edit anywhere else (another
+    element, or the private block's original values, which restore writes
+    back). Then
 
     * ``watermarked``: the file's bytes are sent as stored;
     * ``original``: the instance is restored (same verification pass), the
@@ -59,7 +63,7 @@ class Verdict(str, enum.Enum):
     INVALID = "invalid"  # watermark present but does not authenticate (identity changed, unknown key ...)
     NOT_WATERMARKED = "not_watermarked"  # a WATERMARKED row whose file carries no watermark
     PROVENANCE_MISMATCH = "provenance_mismatch"  # authentic, but not this row's instance / samples
-    HASH_MISMATCH = "hash_mismatch"  # unwatermarked file changed since it was archived
+    HASH_MISMATCH = "hash_mismatch"  # file changed since it was archived (its watermark, if any, still verifies)
     UNREADABLE = "unreadable"  # missing, unreadable or undecodable file
 
 
@@ -213,6 +217,9 @@ def _prepare(
     problem = _provenance_problem(item, ds, check)
     if problem is not None:
         return refuse(Verdict.PROVENANCE_MISMATCH, problem, file_changed=changed)
+    if changed:
+        return refuse(Verdict.HASH_MISMATCH, "archived file differs from the one recorded (SHA-256) although its "
+                      "watermark verifies: elements outside the watermark's protection were changed", file_changed=True)
     if policy in (EgressPolicy.ORIGINAL, EgressPolicy.FINGERPRINT):
         if restored is None:  # pragma: no cover - an authentic result always restores
             return refuse(Verdict.UNREADABLE, "restore produced no dataset")

@@ -225,9 +225,9 @@ class EgressPool:
         job = _Job(item, data=data, digest=digest, stamp=stamp)
         if item.state is not InstanceState.WATERMARKED:  # a hash comparison: no process needed
             job.ready = _safe_prepare(item, policy, self.keys, data, digest, recipient)
-        elif policy is EgressPolicy.WATERMARKED and self.cache.hit(item.instance_id, digest, stamp):
-            job.ready = Prepared(item, policy, Verdict.AUTHENTIC, payload=data, cached=True,
-                                 file_changed=item.stored_sha256 is not None and digest != item.stored_sha256)
+        elif (policy is EgressPolicy.WATERMARKED and digest == item.stored_sha256
+              and self.cache.hit(item.instance_id, digest, stamp)):
+            job.ready = Prepared(item, policy, Verdict.AUTHENTIC, payload=data, cached=True, file_changed=False)
         elif not self.workers:
             job.ready = _safe_prepare(item, policy, self.keys, data, digest, recipient)
         else:

@@ -513,5 +513,5 @@ def restore_waveform(ds: Dataset, keys: KeyStore, *, force: bool = False) -> Res
     out = copy.deepcopy(ds)
     for g, stored in zip(read_groups(ds), restored):
         write_group(out, g, to_domain(stored, g.interpretation))
-    remove_watermark_header(out)
+    remove_watermark_header(out, keep_identity=force)
     return RestoreResult(dataset=out, verify=result)
