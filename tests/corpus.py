@@ -77,7 +77,6 @@ TABLE: dict[str, str] = {
             "MR_small_implicit.dcm",
             "MR_small_jp2klossless.dcm",
             "MR_small_jpeg_ls_lossless.dcm",
-            "MR_small_padded.dcm",  # excess pixel data padding
             "SC_jpeg_no_color_transform.dcm",
             "SC_jpeg_no_color_transform_2.dcm",
             "SC_rgb_dcmtk_+eb+cr.dcm",
@@ -164,6 +163,8 @@ TABLE: dict[str, str] = {
         "unsupported:cannot decode JPEG 2000 Image Compression pixel data"
     ),
     _P + "MR_truncated.dcm": "unsupported:pixel data is 8130 bytes",
+    # 128 bytes after the last frame: not written back, so restore could not be exact
+    _P + "MR_small_padded.dcm": "unsupported:pixel data is 8320 bytes, 128 more than",
     _P + "badVR.dcm": "unsupported:(0028,0008) Number of Frames '1A' is not a single integer",
     _P + "examples_palette.dcm": PALETTE,
     _P + "liver_1frame.dcm": ONE_BIT,

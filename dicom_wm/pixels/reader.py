@@ -120,6 +120,13 @@ def _decode_native(ds: Dataset, header: ImagePixel, info: SyntaxInfo) -> tuple[n
         raise UnsupportedInput(
             f"pixel data is {actual} bytes but {header.native_formula()} needs {needed}"
         )
+    if actual > needed + needed % 2:  # more than the pad byte of an odd length
+        # the bytes after the last frame would not be written back (a frame
+        # the header does not count, say): restore could not be exact
+        raise UnsupportedInput(
+            f"pixel data is {actual} bytes, {actual - needed} more than {header.native_formula()} describes "
+            "(Number of Frames missing or wrong?)"
+        )
     if header.photometric == "YBR_FULL_422" and header.columns % 2:
         raise UnsupportedInput(
             f"(0028,0011) Columns {header.columns} is odd, which YBR_FULL_422 does not allow"
