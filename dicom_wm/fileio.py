@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import stat
 import struct
 import tempfile
 from collections.abc import Callable
@@ -140,6 +141,8 @@ def read_dataset(path: str | os.PathLike[str]) -> Dataset:
     ``OSError``.
     """
     p = Path(path)
+    if not stat.S_ISREG(os.stat(p).st_mode):  # opening a FIFO would block
+        raise UnsupportedInput("not a regular file (a FIFO, device or socket)")
     with open(p, "rb") as fh:
         head = fh.read(132)
     if len(head) < 132 or head[128:132] != b"DICM":

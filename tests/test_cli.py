@@ -255,6 +255,19 @@ def test_non_dicom_file_one_line_nonzero(runner: CliRunner, keyfile: Path, tmp_p
     assert not (tmp_path / "o.dcm").exists() and not (tmp_path / "r.dcm").exists()
 
 
+def test_a_named_fifo_is_refused_without_blocking(runner: CliRunner, keyfile: Path, tmp_path: Path):
+    import os
+
+    fifo = tmp_path / "pipe.dcm"
+    os.mkfifo(fifo)  # opening it for reading would wait for a writer forever
+    for command in (["embed", str(fifo), str(tmp_path / "o.dcm")], ["verify", str(fifo)],
+                    ["restore", str(fifo), str(tmp_path / "r.dcm")]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 1
+        assert result.stdout == f"unsupported  {fifo}: not a regular file (a FIFO, device or socket)\n"
+        _no_traceback(result)
+
+
 def test_directory_run_mirrors_and_continues_past_bad_files(runner: CliRunner, keyfile: Path, tmp_path: Path):
     inp = tmp_path / "in"
     _copy(MONO, inp / "a" / "mono.dcm")

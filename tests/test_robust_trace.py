@@ -91,6 +91,28 @@ def test_file_that_is_neither_dicom_nor_image_is_one_clear_error(tmp_path: Path)
     assert res.output.strip().splitlines() == [f"error: {notes}: neither a DICOM file nor an image export (PNG, JPEG, TIFF, ...)"]
 
 
+def test_a_fifo_is_refused_and_a_damaged_frame_does_not_stop_a_directory(tmp_path: Path) -> None:
+    import os
+
+    KeyStore.init(tmp_path / "keys.json")
+    keys = ["--keys", str(tmp_path / "keys.json"), "--data-dir", str(tmp_path)]
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    res = CliRunner().invoke(app, ["trace", str(fifo), *keys])
+    assert res.exit_code == 1 and "not a regular file" in res.output
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    plane = read_samples(pydicom.dcmread(_DATA / "693_UNCR.dcm")).samples[0, :, :, 0]
+    for i in range(3):
+        _export(plane, plane, frames / f"f{i}.png")
+    (frames / "f1.png").write_bytes(b"\x89PNG broken")
+    res = CliRunner().invoke(app, ["trace", str(frames), "--json", *keys])
+    assert res.exit_code == 1, res.output  # unmarked frames: nothing decodes, but every good frame was read
+    assert json.loads(res.stdout)["message"] is None and json.loads(res.stdout)["frames"] == 2
+    assert "warning: skipped" in res.stderr and "f1.png" in res.stderr
+
+
 def test_unmarked_dicom_file_traces_to_null(tmp_path: Path) -> None:
     KeyStore.init(tmp_path / "keys.json")
     assert _DATA is not None

@@ -78,7 +78,17 @@ def load_frames(path: Path) -> list[np.ndarray]:
         )
         if not files:
             raise ValueError(f"{path}: no image or DICOM files in the directory")
-        return [f for p in files for f in load_frames(p)]
+        frames, problems = [], []
+        for p in files:  # a damaged export among the frames does not stop the others
+            try:
+                frames.extend(load_frames(p))
+            except ValueError as exc:
+                problems.append(str(exc))
+        if not frames:
+            raise ValueError(f"{path}: no readable frames ({problems[0]})")
+        for problem in problems:
+            typer.echo(f"warning: skipped {problem}", err=True)
+        return frames
     if path.suffix.lower() in _EXPORT_SUFFIXES:
         return _export_frames(path)
     return _dicom_frames(path)
@@ -132,6 +142,8 @@ def decoder_for(path: Path) -> Decoder:
     from dicom_wm.robust import decode_robust
     from dicom_wm.robust.frames import FrameStack, decode_frames_detail
 
+    if path.exists() and not (path.is_dir() or path.is_file()):
+        raise ValueError(f"{path}: not a regular file (a FIFO, device or socket)")  # opening it could block
     if _is_audio(path):
         from dicom_wm.robust.audio import decode_audio_robust, load_audio
 
