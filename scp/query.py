@@ -41,7 +41,7 @@ def identifier_of(event: Event) -> Dataset:
 
 def failure_status(exc: BaseException, what: str, calling: str) -> Dataset:
     """The status dataset for a refused request (logged once, here)."""
-    status = status_for(exc)
+    status = status_for(exc, what)
     if status == UNEXPECTED:
         log.error("%s from %s: unexpected error", what, calling, exc_info=exc)
     else:

@@ -14,7 +14,7 @@ from dicom_wm.ingest.errors import (
     InvalidUID,
     StorageFull,
 )
-from dicom_wm.query.errors import InvalidIdentifier
+from dicom_wm.query.errors import InvalidIdentifier, UnsupportedSOPClass
 
 __all__ = ["SUCCESS", "STATUS_TABLE", "status_for", "UNEXPECTED"]
 
@@ -31,12 +31,17 @@ STATUS_TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
     (CannotUnderstand, 0xC000, "Error: cannot understand (dataset could not be decoded)"),
     # query/retrieve
     (InvalidIdentifier, 0xA900, "Failed: identifier does not match SOP class (C-FIND / C-MOVE / C-GET)"),
+    (UnsupportedSOPClass, 0x0122, "Refused: SOP class not supported (not a Q/R model of ours, e.g. Modality Worklist)"),
 )
 
+# C-FIND has one out-of-resources status (PS3.4 C.4.1.1.4): A700
+_FIND_STATUS = {0xA701: 0xA700}
 
-def status_for(exc: BaseException) -> int:
-    """The DIMSE status for ``exc`` (:data:`UNEXPECTED` if it is not in the table)."""
+
+def status_for(exc: BaseException, service: str | None = None) -> int:
+    """The DIMSE status for ``exc`` in ``service`` ("C-FIND", ...;
+    :data:`UNEXPECTED` if it is not in the table)."""
     for kind, status, _meaning in STATUS_TABLE:
         if isinstance(exc, kind):
-            return status
+            return _FIND_STATUS.get(status, status) if service == "C-FIND" else status
     return UNEXPECTED

@@ -156,6 +156,18 @@ def test_find_matches_exactly(sessions, model, level, keys, expected) -> None:
     assert len(matches) == len(expected)  # one answer per entity, old versions and pending rows unseen
 
 
+def test_keys_with_thousands_of_values(sessions) -> None:
+    """A multi-valued key is one SQL IN list (SQLite refused 1000+ OR-ed
+    terms: "Expression tree is too large"); many wildcards or date ranges
+    are matched in Python."""
+    ids = [f"X{i}" for i in range(3000)] + ["P2"]
+    assert {m["StudyInstanceUID"] for m in _find(sessions, SR, "STUDY", PatientID=ids)} == {"1.2.3.3"}
+    names = [f"nobody{i}*" for i in range(1500)] + ["DOE^J*"]  # case-insensitive, wildcards
+    assert {m["PatientID"] for m in _find(sessions, PR, "PATIENT", PatientName=names)} == {"P1", "P2"}
+    dates = [f"1900{m:02d}01-1900{m:02d}02" for m in range(1, 13)] * 100 + ["20210615"]
+    assert {m["StudyInstanceUID"] for m in _find(sessions, SR, "STUDY", StudyDate="\\".join(dates))} == {"1.2.3.2"}
+
+
 def test_counts_and_derived_attributes_cover_the_whole_entity(sessions) -> None:
     (p1,) = _find(sessions, PR, "PATIENT", PatientID="P1")
     assert (p1["NumberOfPatientRelatedStudies"], p1["NumberOfPatientRelatedSeries"],

@@ -183,6 +183,27 @@ def test_findscu_refuses_a_bad_identifier_with_a900(archive) -> None:
         assert responses == [] and "final find response (error: datasetdoesnotmatchsopclass)" in text, (keys, text)
 
 
+def test_find_on_a_model_we_do_not_serve_is_refused_0122(archive) -> None:
+    """Modality Worklist: the storage service's any-SOP-class acceptance lets
+    its context through; the C-FIND is refused as not supported (it was
+    0xC0FF with a traceback), and the service keeps answering."""
+    from pynetdicom import AE
+
+    mwl = "1.2.840.10008.5.1.4.31"
+    ae = AE(ae_title="WLSCU")
+    ae.add_requested_context(mwl)
+    assoc = ae.associate("127.0.0.1", archive.port, ae_title="DICOMWM")
+    assert assoc.is_established
+    try:
+        statuses = [int(status.Status) for status, _ in assoc.send_c_find(identifier("PATIENT", PatientName=""), mwl)]
+    finally:
+        assoc.release()
+    assert statuses == [0x0122]
+    assert "unexpected error" not in archive.server.log_text()
+    final, _ = find(archive.port, identifier("STUDY", StudyInstanceUID=""))
+    assert final == 0x0000
+
+
 def test_pynetdicom_find_returns_the_requested_keys(archive) -> None:
     files = archive.files
     a1 = _uid(files, "ACC-A1")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dicom_wm.errors import DicomWmError
 
-__all__ = ["QueryRetrieveError", "InvalidIdentifier"]
+__all__ = ["QueryRetrieveError", "InvalidIdentifier", "UnsupportedSOPClass"]
 
 
 class QueryRetrieveError(DicomWmError):
@@ -22,3 +22,11 @@ class InvalidIdentifier(QueryRetrieveError, ValueError):
         super().__init__(message)
         self.offending = offending
 
+
+
+class UnsupportedSOPClass(QueryRetrieveError, KeyError):
+    """A C-FIND / C-MOVE / C-GET on a SOP class that is not one of our Q/R
+    information models (e.g. Modality Worklist), 0x0122."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""

@@ -58,6 +58,10 @@ _DA = re.compile(r"\d{8}")
 _TM = re.compile(r"(\d{2})(\d{2})?(\d{2})?(?:\.(\d{1,6}))?")
 
 
+# most OR-ed conditions one key puts in SQL (SQLite's expression depth limit is 1000)
+MAX_SQL_TERMS = 100
+
+
 class Matcher(ABC):
     """One key's matching rule (see the module docstring)."""
 
@@ -124,17 +128,15 @@ class TextMatcher(Matcher):
         return any(r.fullmatch(text) for r in self._regexes)  # type: ignore[attr-defined]
 
     def sql(self, column: Any) -> ColumnElement[bool] | None:
-        conditions = []
-        for p in self.patterns:
-            if not p.isascii():
-                return None  # SQLite folds ASCII case only: let Python decide
-            wild = "*" in p or "?" in p
-            if wild:
-                conditions.append(column.ilike(_like_pattern(p), escape="\\"))
-            elif self.ignore_case:
-                conditions.append(func.lower(column) == p.lower())
-            else:
-                conditions.append(column == p)
+        if not all(p.isascii() for p in self.patterns):
+            return None  # SQLite folds ASCII case only: let Python decide
+        wild = [p for p in self.patterns if "*" in p or "?" in p]
+        if len(wild) > MAX_SQL_TERMS:
+            return None  # SQLite refuses expressions over 1000 deep: let Python decide
+        exact = sorted({p.lower() if self.ignore_case else p for p in self.patterns if p not in wild})
+        conditions = [column.ilike(_like_pattern(p), escape="\\") for p in wild]
+        if exact:  # one IN list however many values a multi-valued key has
+            conditions.append((func.lower(column) if self.ignore_case else column).in_(exact))
         return or_(*conditions)
 
 
@@ -150,7 +152,9 @@ class DateMatcher(Matcher):
         v = str(value).strip()
         return any((lo is None or v >= lo) and (hi is None or v <= hi) for lo, hi in self.ranges)
 
-    def sql(self, column: Any) -> ColumnElement[bool]:
+    def sql(self, column: Any) -> ColumnElement[bool] | None:
+        if len(self.ranges) > MAX_SQL_TERMS:
+            return None  # see TextMatcher.sql
         conditions = []
         for lo, hi in self.ranges:
             parts = []

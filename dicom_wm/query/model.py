@@ -8,6 +8,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from dicom_wm.query.errors import UnsupportedSOPClass
+
 __all__ = [
     "Level",
     "InformationModel",
@@ -83,8 +85,11 @@ _BY_UID = {uid: key for key, uid in SOP_CLASSES.items()}
 
 
 def model_for_sop_class(uid: str) -> tuple[InformationModel, Service]:
-    """The model and service of a Q/R SOP Class UID (``KeyError`` if not ours)."""
-    return _BY_UID[str(uid)]
+    """The model and service of a Q/R SOP Class UID (:class:`UnsupportedSOPClass` if not ours)."""
+    try:
+        return _BY_UID[str(uid)]
+    except KeyError:
+        raise UnsupportedSOPClass(f"SOP class {str(uid)[:64]} is not a query/retrieve model of this service") from None
 
 
 class Kind(enum.Enum):
