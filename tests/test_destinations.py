@@ -65,6 +65,7 @@ def test_audit_and_studies_arguments(tmp_path: Path) -> None:
     assert out.exit_code == 2 and "ISO 8601" in out.output
     out = _run(tmp_path, "audit", "--kind", "nope")
     assert out.exit_code == 2 and "tamper_detected" in out.output
+    assert _run(tmp_path, "db", "upgrade").exit_code == 0
     out = _run(tmp_path, "studies", "--json")
     assert out.exit_code == 0 and out.output == ""
     assert parse_since("2026-11-28").isoformat() == "2026-11-28T00:00:00+00:00"

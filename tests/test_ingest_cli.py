@@ -59,21 +59,32 @@ def test_db_upgrade_then_status_and_show(tmp_path: Path) -> None:
     assert human.exit_code == 0 and "received" in human.output
 
 
-def test_status_and_show_on_a_fresh_data_dir(tmp_path: Path) -> None:
-    """Before the first serve: the SQLite schema is created as serve would
-    (status used to fail with "no such table", show with a traceback)."""
+@pytest.mark.parametrize("command", [["status", "--json"], ["show", "1.2.3.4"], ["audit"], ["studies"],
+                                     ["destinations", "list"], ["archive", "check"]])
+def test_read_only_commands_on_a_data_dir_without_a_database(tmp_path: Path, command: list[str]) -> None:
+    """A mistyped --data-dir: one clear line, exit 1, and nothing created
+    (status said "0 rows" and left a SQLite file in whatever folder it was
+    given; before that it failed with "no such table" and show with a traceback)."""
+    target = tmp_path / "typo"
+    result = runner.invoke(app, [*command, "--data-dir", str(target)])
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines() == [f"error: no dicom-wm database at {target.resolve() / 'dicom-wm.sqlite3'} "
+                                                  "(wrong --data-dir? `dicom-wm serve` creates it)"]
+    assert not target.exists()
+
+
+def test_status_after_db_upgrade_before_any_reception(tmp_path: Path) -> None:
+    assert runner.invoke(app, ["db", "upgrade", "--data-dir", str(tmp_path)]).exit_code == 0
     status = runner.invoke(app, ["status", "--json", "--data-dir", str(tmp_path)])
     assert status.exit_code == 0, status.output
     assert json.loads(status.output)["total"] == 0
-    show = runner.invoke(app, ["show", "1.2.3.4", "--data-dir", str(tmp_path / "other")])
-    assert show.exit_code == 1 and "no instance" in show.output
 
 
 @pytest.mark.parametrize("command", [["status"], ["show", "1.2.3.4"], ["audit"]])
 def test_unreachable_database_is_one_line(tmp_path: Path, command: list[str]) -> None:
     blocker = tmp_path / "a-file"
-    blocker.write_text("not a directory")
-    url = f"sqlite:///{blocker / 'x.sqlite3'}"  # cannot be created or opened
+    blocker.write_text("not a database")
+    url = f"sqlite:///{blocker}"  # exists, cannot be opened as a database
     result = runner.invoke(app, [*command, "--data-dir", str(tmp_path), "--db", url])
     assert result.exit_code == 1, result.output
     assert "unavailable" in result.output and "Traceback" not in result.output

@@ -47,7 +47,7 @@ def check(
 
     from dicom_wm.ingest.archive_check import ORPHANS_DIR, check_archive
 
-    sessions = sessions_for(settings)
+    sessions = sessions_for(settings, create=False)
     progress = Progress(
         TextColumn("checking"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
         console=err_console, transient=True, disable=not err_console.is_terminal,

@@ -41,7 +41,7 @@ def audit(
         raise exit_error(str(exc), 2) from None
     if kind is not None and kind not in EVENT_KINDS:
         raise exit_error(f"--kind {kind!r} must be one of {', '.join(EVENT_KINDS)}", 2)
-    sessions = open_database(config, data_dir, db)
+    sessions = open_database(config, data_dir, db, create=False)
     try:
         events = list_events(sessions, since=moment, kind=kind)
     except SQLAlchemyError as exc:
@@ -71,7 +71,7 @@ def studies(
     from dicom_wm.db.models import InstanceState
     from dicom_wm.query.studies import study_summaries
 
-    sessions = open_database(config, data_dir, db)
+    sessions = open_database(config, data_dir, db, create=False)
     try:
         rows = study_summaries(sessions)
     except SQLAlchemyError as exc:

@@ -85,21 +85,31 @@ def cli_settings(config: Path | None, **overrides: Any) -> Settings:
         raise exit_error(f"invalid configuration: {exc}", 2) from None
 
 
-def open_database(config: Path | None, data_dir: Path | None, db: str | None) -> sessionmaker[Session]:
+def open_database(
+    config: Path | None, data_dir: Path | None, db: str | None, *, create: bool = True
+) -> sessionmaker[Session]:
     """Settings from flags / env / TOML, the schema checked (SQLite: created
-    or upgraded), and the session factory; exits with a one-line error."""
-    return sessions_for(cli_settings(config, data_dir=data_dir, db=db))
+    or upgraded), and the session factory; exits with a one-line error.
+    ``create=False`` (commands that only read) refuses a SQLite database
+    that does not exist yet instead of creating one."""
+    return sessions_for(cli_settings(config, data_dir=data_dir, db=db), create=create)
 
 
-def sessions_for(settings: Settings) -> sessionmaker[Session]:
+def sessions_for(settings: Settings, *, create: bool = True) -> sessionmaker[Session]:
     """The session factory of ``settings``' database, its schema checked
-    (SQLite: created or upgraded, as ``serve`` does); exits with a one-line error."""
+    (SQLite: created or upgraded, as ``serve`` does); exits with a one-line
+    error. ``create``: as in :func:`open_database`."""
+    from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
     from dicom_wm.db.engine import get_sessionmaker
     from dicom_wm.ingest.runtime import SchemaOutOfDate, ensure_schema
     from dicom_wm.settings import redact_url
 
+    url = make_url(settings.db_url)
+    if not create and url.get_backend_name() == "sqlite" and not Path(url.database or "").is_file():
+        # a mistyped --data-dir must not report "0 instances" or leave a database behind
+        raise exit_error(f"no dicom-wm database at {url.database} (wrong --data-dir? `dicom-wm serve` creates it)")
     try:
         ensure_schema(settings, upgrade_sqlite=True)
     except SchemaOutOfDate as exc:

@@ -75,7 +75,7 @@ def list_(
 
     from dicom_wm.retrieve.destinations import list_destinations
 
-    sessions = open_database(config, data_dir, db)
+    sessions = open_database(config, data_dir, db, create=False)
     try:
         rows = list_destinations(sessions)
     except SQLAlchemyError as exc:

@@ -265,7 +265,7 @@ def status(
         except Exception as exc:  # the broker being down is worth reporting, not crashing over
             typer.echo(f"warning: broker unreachable: {exc}", err=True)
     try:
-        summary = status_summary(sessions_for(settings), depths)
+        summary = status_summary(sessions_for(settings, create=False), depths)
     except SQLAlchemyError as exc:
         raise exit_error(f"database unavailable: {str(exc).splitlines()[0]}") from None
     if as_json:
@@ -307,7 +307,7 @@ def show(
     from dicom_wm.ingest.report import instance_report
 
     try:
-        report = instance_report(sessions_for(settings), sop_instance_uid)
+        report = instance_report(sessions_for(settings, create=False), sop_instance_uid)
     except SQLAlchemyError as exc:
         raise exit_error(f"database unavailable: {str(exc).splitlines()[0]}") from None
     if report is None:
