@@ -108,6 +108,37 @@ def test_different_bytes_become_a_new_current_version(env) -> None:
     assert len(_files(root)) == 2
 
 
+def test_a_burst_of_versions_of_one_instance_is_recorded_in_full(env) -> None:
+    """16 receptions of different versions of one SOP Instance UID at once
+    (three retries refused one or two of them with 0xA701)."""
+    import threading
+
+    sessions, root = env
+    ds = small_ct()
+    encoded = []
+    for i in range(16):
+        ds.InstanceNumber = i + 1
+        encoded.append(_encode(ds))
+    barrier, results, errors = threading.Barrier(16), [], []
+
+    def send(data: bytes, header: pydicom.Dataset) -> None:
+        barrier.wait()
+        try:
+            results.append(receive_instance(sessions, root, data, header, _request(ds)))
+        except Exception as exc:  # noqa: BLE001 - the assertion below shows it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send, args=pair) for pair in encoded]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and sorted(r.version for r in results) == list(range(1, 17))
+    with sessions() as s:
+        assert s.query(Instance).filter(Instance.is_current.is_(True)).count() == 1
+    assert len(_files(root)) == 16
+
+
 @pytest.mark.parametrize("bad_uid", ["1.2.3/../../../tmp/x", "1.2.03", "1.2.3." + "4" * 70])
 def test_bad_sop_instance_uid_writes_nothing(env, bad_uid: str) -> None:
     sessions, root = env

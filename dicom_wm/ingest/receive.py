@@ -26,6 +26,8 @@ from __future__ import annotations
 import enum
 import hashlib
 import logging
+import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,10 @@ from dicom_wm.ingest.uids import check_uid
 __all__ = ["StoreRequest", "ReceiveOutcome", "Received", "receive_instance", "index_attributes"]
 
 log = logging.getLogger(__name__)
+
+# receptions of one SOP Instance UID racing for the next version number: each
+# round one of them wins, so this many lets a burst of that size through
+_CONFLICT_ATTEMPTS = 20
 
 
 @dataclass(frozen=True)
@@ -192,7 +198,9 @@ def receive_instance(
     spool_rel: Path | None = None
     committing = False  # a failed COMMIT may still have committed (lost reply)
     try:
-        for _ in range(3):  # an IntegrityError means a concurrent reception: look again
+        for attempt in range(_CONFLICT_ATTEMPTS):  # an IntegrityError means a concurrent reception: look again
+            if attempt:
+                time.sleep(random.uniform(0, 0.002 * attempt))  # jitter: the racers do not collide again in step
             try:
                 with sessions() as session:
                     versions = session.execute(
