@@ -15,7 +15,13 @@ thread, with one ``sendall``:
 * the data set is the instance's encoded bytes when the accepted context's
   transfer syntax is the one they are in (no decode / re-encode), otherwise
   it is encoded by pynetdicom for that context;
-* the response comes back through pynetdicom's DIMSE queue.
+* the response comes back through pynetdicom's DIMSE queue;
+* the socket has a second writer: pynetdicom's DUL thread sends what the
+  association's own service queues (a C-GET's pending responses go out
+  while the next sub-operation is sent). A large ``sendall`` is several
+  ``send`` calls, and the two writers' bytes interleaved mid-PDU broke the
+  stream (DCMTK getscu: "Unrecognized PDU type"). :meth:`DirectStore.install`
+  puts one lock around both.
 
 :func:`install` replaces ``send_c_store`` on one association object (C-MOVE's
 sub-association, or a C-GET requester's association while its C-GET runs);
@@ -29,6 +35,7 @@ from __future__ import annotations
 import logging
 import ssl
 import struct
+import threading
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -97,6 +104,7 @@ class DirectStore:
         self.sent: dict[str, str] = {}  # SOP Instance UID -> transfer syntax it went in
         self._original: Any = None
         self._loop_delay: float | None = None
+        self._send_lock = threading.Lock()  # one writer at a time on the socket
 
     def install(self) -> bool:
         """Take over ``assoc.send_c_store``; False (and nothing changed) over TLS."""
@@ -105,6 +113,14 @@ class DirectStore:
             return False
         self._original = self.assoc.__dict__.get("send_c_store")
         self.assoc.send_c_store = self
+        transport = self.assoc.dul.socket
+        dul_send = transport.send
+
+        def send_locked(bytestream: bytes) -> None:  # the DUL thread's writes
+            with self._send_lock:
+                dul_send(bytestream)
+
+        transport.send = send_locked
         # The DUL thread reads the responses; idle, it polls every 1 ms, which
         # is most of a sub-operation's time on a fast peer: poll faster while
         # we send.
@@ -120,6 +136,7 @@ class DirectStore:
                 self.assoc.send_c_store = self._original
             if self._loop_delay is not None:
                 self.assoc.dul._run_loop_delay = self._loop_delay
+            self.assoc.dul.socket.__dict__.pop("send", None)  # the class's send again
 
     def _context(self, sop_class: str, syntax: str) -> Any:
         wanted = UID(syntax)
@@ -168,7 +185,8 @@ class DirectStore:
         command = _command_set(sop_class, sop_instance, msg_id, priority, originator_aet, originator_id)
         parts = _fragments(command, cx.context_id, True, size) + _fragments(data, cx.context_id, False, size)
         try:
-            assoc.dul.socket.socket.sendall(b"".join(parts))
+            with self._send_lock:
+                assoc.dul.socket.socket.sendall(b"".join(parts))
         except OSError as exc:
             assoc.dul.event_queue.put("Evt17")  # transport closed: let pynetdicom end the association
             raise ConnectionError(f"sending the C-STORE request failed: {exc}") from None

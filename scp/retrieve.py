@@ -200,13 +200,17 @@ def _suboperations(
     peer: _Peer,
 ) -> Iterator[tuple[int, Dataset | None]]:
     """One yield per instance: the verified dataset, or a failed sub-operation."""
+    done: set[int] = set()  # instance ids offered (sent or failed)
+    cancelled = False
     try:
         for prepared in pool.prepared(items, policy, recipient=audit.destination):
             if event.is_cancelled:
                 log.info("%s to %s cancelled by the requester", audit.service, audit.destination)
+                cancelled = True
                 yield CANCEL, None
                 return
             item = prepared.item
+            done.add(item.instance_id)
             if not prepared.ok:
                 if prepared.tamper:
                     audit.tamper(prepared)
@@ -234,6 +238,12 @@ def _suboperations(
                 restored=prepared.restored, converted=converted, cached=prepared.cached, note=prepared.note,
             )
     finally:
+        if not cancelled:
+            # pynetdicom stops asking for sub-operations when the association
+            # ends (aborted, or the connection broke): the rest are recorded too
+            for item in items:
+                if item.instance_id not in done:
+                    audit.sent(item, result="failed", verdict=None, reason="not attempted: the association ended")
         audit.flush()
         log.info("%s to %s (%s, policy %s): %d sent, %d failed", audit.service, audit.destination,
                  audit.address, audit.policy.value, audit.sent_count, audit.failed_count)

@@ -486,3 +486,44 @@ def test_tampered_file_fails_its_sub_operation_and_the_others_still_arrive(archi
     out = _cli(archive.data_dir, "audit", "--json", "--kind", "tamper_detected")
     lines = [json.loads(line) for line in out.stdout.splitlines()]
     assert len(lines) == 4 and all(line["sop_instance_uid"] == victim.sop_uid for line in lines)
+
+
+def test_getscu_of_large_radiographs_arrives_whole(archive) -> None:
+    """C-GET of 6 MB images: the sender's sendall and pynetdicom's pending
+    C-GET responses shared the socket without a lock, and their bytes
+    interleaved mid-PDU (getscu: "Unrecognized PDU type"; 1-5 of 8 arrived).
+    Last in this module: it adds a study."""
+    from ingest_support import source_file
+    from pydicom.uid import generate_uid
+
+    src = archive.root / "large"
+    src.mkdir()
+    study, series = generate_uid(), generate_uid()
+    sops = []
+    for i in range(5):
+        ds = pydicom.dcmread(source_file("RG3_UNCR.dcm"))
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.save_as(src / f"{i}.dcm", enforce_file_format=True)
+        sops.append(str(ds.SOPInstanceUID))
+    assert send_with_pynetdicom(archive.port, sorted(src.iterdir())) == [0] * 5
+
+    def watermarked() -> bool:
+        with archive.sessions() as s:
+            states = s.scalars(select(Instance.state).where(Instance.study_instance_uid == study)).all()
+        return len(states) == 5 and all(st is InstanceState.WATERMARKED for st in states)
+
+    wait_until(watermarked, 600, interval=0.5, what="the radiographs watermarked")
+    # the second and third retrieves send back to back (verified-bytes cache):
+    # that is when the two writers met
+    for run in range(3):
+        out = archive.root / f"getscu-large-{run}"
+        out.mkdir()
+        cmd = [dcmtk("getscu"), "-aet", "GETSCU", "-aec", "DICOMWM", "-S", "-od", str(out),
+               "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}", "127.0.0.1", str(archive.port)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dcmtk_env())
+        assert proc.returncode == 0, (run, proc.stderr)
+        got = {str(ds.SOPInstanceUID): ds for ds in (pydicom.dcmread(p) for p in out.iterdir() if p.is_file())}
+        assert set(got) == set(sops), run
+        for ds in got.values():
+            assert verify_dataset(ds, archive.keys).status is VerifyStatus.AUTHENTIC

@@ -309,3 +309,41 @@ def test_dataset_offset_and_pdv_fragments(tmp_path: Path) -> None:
     assert body == data[offset:]
     (command,) = [bytes(p) for p in _fragments(b"\x01\x02", 3, True, 100)[1:]]
     assert command == b"\x01\x02" and _fragments(b"\x01\x02", 3, True, 100)[0][-1] == 0x03
+
+
+def test_instances_left_when_the_association_ends_are_recorded() -> None:
+    """pynetdicom stops asking for sub-operations when the association
+    breaks; the instances it never asked for get a failed ``sent`` event
+    (before, the log said "1 sent, 1 failed" of 20 and the rest vanished)."""
+    from types import SimpleNamespace
+
+    from dicom_wm.retrieve.egress import Prepared
+    from scp.retrieve import _Peer, _suboperations
+
+    items = [RetrieveItem(i, f"1.2.3.{i}", "1.2.840.10008.5.1.4.1.1.2", InstanceState.WATERMARKED, None, None,
+                          None, None, None) for i in range(1, 6)]
+
+    class Pool:  # every instance refused (no file): no peer needed
+        def prepared(self, todo, policy, recipient=None):
+            for item in todo:
+                yield Prepared(item, policy, Verdict.UNREADABLE, reason="no archived file")
+
+    class Audit:
+        service, destination, address, policy, sent_count = "C-GET", "GETSCU", "127.0.0.1:1", WM, 0
+        failed_count, flushed, reasons = 0, False, {}
+
+        def sent(self, item, *, result, verdict, reason=None, **_kw):
+            assert result == "failed"
+            self.failed_count += 1
+            self.reasons[item.sop_instance_uid] = reason
+
+        def flush(self):
+            self.flushed = True
+
+    audit = Audit()
+    gen = _suboperations(SimpleNamespace(is_cancelled=False), Pool(), items, WM, audit, _Peer())
+    next(gen), next(gen)  # two sub-operations, then the association is gone
+    gen.close()
+    assert audit.flushed and audit.failed_count == 5
+    assert [audit.reasons[f"1.2.3.{i}"] for i in (3, 4, 5)] == ["not attempted: the association ended"] * 3
+    assert audit.reasons["1.2.3.1"] == "no archived file"
