@@ -76,6 +76,14 @@ def test_study_of_200_instances_embedded(tmp_path: Path) -> None:
     assert "effective configuration" in log and "created key store" in log
 
 
+def _running(pid: str) -> bool:
+    """Alive and not a zombie (init may be slow to reap an orphan here)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def _pool_processes(pid: int) -> list[int]:
     """The embedded pool's worker processes: spawned children at nice
     ``pool_nice`` (10), not the resource tracker or the retrieve pool's
@@ -157,6 +165,24 @@ def test_kill_9_worker_and_server_mid_study_loses_nothing(tmp_path: Path) -> Non
     finally:
         assert serve2.stop() == 0, serve2.log_text()[-3000:]
     assert "re-queueing" in serve2.log_text()
+
+
+def test_idle_pools_do_not_outlive_a_killed_serve(tmp_path: Path) -> None:
+    """kill -9 of an idle serve: its watermark pool and verification
+    processes (waiting on their queues) and the resource tracker end too;
+    they used to run on, re-parented to init, across later restarts."""
+    port = free_port()
+    serve = _serve(tmp_path, port, "serve", "--workers", "1")
+    try:
+        wait_for_echo(port, timeout=60, proc=serve.proc)
+        children = subprocess.run(["pgrep", "-P", str(serve.pid)], capture_output=True, text=True).stdout.split()
+        assert len(children) >= 3  # watermark pool, verification process(es), resource tracker
+        os.kill(serve.pid, 9)  # serve alone (kill9() kills the whole process group)
+        serve.proc.wait(10)
+        wait_until(lambda: not any(map(_running, children)), 20, interval=0.2,
+                   what="serve's child processes gone after its kill -9")
+    finally:
+        serve.stop()
 
 
 def _send_ignoring_abort(port: int, paths: list[Path]) -> list[int]:

@@ -27,6 +27,7 @@ from multiprocessing import get_context
 from typing import Any
 
 from dicom_wm.allocator import tune_allocator
+from dicom_wm.childproc import exit_when_orphaned
 from dicom_wm.ingest.task import Outcome, TaskResult, WorkerContext, process_batch, process_instance
 from dicom_wm.settings import PoolKind, Settings
 
@@ -42,9 +43,10 @@ def retry_delay(settings: Settings, attempt: int) -> float:
     return float(min(settings.retry_backoff_max_s, settings.retry_backoff_s * (2**attempt)))
 
 
-def _init_child(settings_values: dict[str, Any], log_level: str) -> None:
+def _init_child(settings_values: dict[str, Any], log_level: str, parent: int) -> None:
     global _child_ctx
     tune_allocator()
+    exit_when_orphaned(parent)
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s [%(processName)s] %(name)s: %(message)s")
     settings = Settings(**settings_values)
     try:  # embedding yields the CPU to reception (and gets all of it when idle)
@@ -106,7 +108,7 @@ class EmbeddedPool:
             max_workers=n,
             mp_context=get_context("spawn"),
             initializer=_init_child,
-            initargs=(values, self._settings.log_level),
+            initargs=(values, self._settings.log_level, os.getpid()),
         )
 
     def warm_up(self, timeout: float = 120.0) -> int:

@@ -38,6 +38,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from dicom_wm.allocator import tune_allocator
+from dicom_wm.childproc import exit_when_orphaned
 from dicom_wm.db.destinations import EgressPolicy
 from dicom_wm.db.models import InstanceState
 from dicom_wm.errors import KeyStoreError
@@ -117,9 +118,10 @@ class VerifiedCache:
 _child: KeyCache | None = None
 
 
-def _init_child(keys_path: str, log_level: int) -> None:
+def _init_child(keys_path: str, log_level: int, parent: int) -> None:
     global _child
     tune_allocator()
+    exit_when_orphaned(parent)
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s [%(processName)s] %(name)s: %(message)s")
     _child = KeyCache(Path(keys_path))
 
@@ -181,7 +183,7 @@ class EgressPool:
                     max_workers=self.workers,
                     mp_context=get_context("spawn"),
                     initializer=_init_child,
-                    initargs=(str(self.keys.path), logging.getLogger().level),
+                    initargs=(str(self.keys.path), logging.getLogger().level, os.getpid()),
                 )
                 log.info("started %d verification process(es) for retrieves", self.workers)
             return self._executor
