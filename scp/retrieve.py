@@ -54,6 +54,7 @@ from dicom_wm.errors import UnsupportedInput
 from dicom_wm.ingest.errors import CallingAENotAllowed, DatabaseUnavailable
 from dicom_wm.query import RetrieveItem, Service, model_for_sop_class, select_for_retrieve
 from dicom_wm.retrieve import EgressPool, Prepared, RetrieveAudit, default_workers, lookup_destination, requester_policy
+from dicom_wm.retrieve.audit import record_refused
 from scp.context import ScpContext
 from scp.direct_store import DirectStore, dataset_offset
 from scp.query import CANCEL, PENDING, calling_ae, failure_status, identifier_of, peer_of
@@ -266,6 +267,8 @@ def handle_move(event: Event, ctx: ScpContext) -> Iterator[Any]:
         raise DatabaseUnavailable(f"destinations lookup failed: {str(exc).splitlines()[0][:200]}") from exc
     if destination is None:
         log.warning("C-MOVE from %s to %r refused (0xA801): not in the destinations table", calling, title)
+        record_refused(ctx.sessions, actor=calling, service="C-MOVE", destination=title, peer=peer_of(event),
+                       status=0xA801, reason="move destination not in the destinations table")
         yield None, None
         return
     address = f"{destination.host}:{destination.port}"
@@ -279,6 +282,8 @@ def handle_move(event: Event, ctx: ScpContext) -> Iterator[Any]:
         )
     except Exception as exc:
         status = failure_status(exc, f"C-MOVE to {title}", calling)
+        record_refused(ctx.sessions, actor=calling, service="C-MOVE", destination=title, peer=peer_of(event),
+                       status=int(status.Status), reason=str(exc)[:200])
         yield destination.host, destination.port, {"contexts": [build_context(Verification)]}
         yield 1
         yield status, None
@@ -312,6 +317,8 @@ def handle_get(event: Event, ctx: ScpContext) -> Iterator[Any]:
         _query, selection = select_for_retrieve(ctx.sessions, identifier_of(event), model, Service.GET)
     except Exception as exc:
         status = failure_status(exc, "C-GET", calling)
+        record_refused(ctx.sessions, actor=calling, service="C-GET", destination=calling, peer=peer_of(event),
+                       status=int(status.Status), reason=str(exc)[:200])
         yield 1
         yield status, None
         return

@@ -353,6 +353,15 @@ def test_unknown_destination_is_a801(archive) -> None:
     assert final.Status == 0xA801
     proc = _movescu(archive, "NOSUCHAE", "-S", ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={_uid(archive.files, 'ACC-A1')}"])
     assert "Final Move Response (Refused: MoveDestinationUnknown)" in proc.stdout + proc.stderr
+    refused = _refusals(archive, "NOSUCHAE")
+    assert len(refused) == 2 and all(e.details["status"] == "0xA801" and e.details["service"] == "C-MOVE"
+                                     for e in refused)
+
+
+def _refusals(archive, destination: str) -> list[Event]:
+    with archive.sessions() as s:
+        return [e for e in s.scalars(select(Event).where(Event.kind == "retrieve_refused"))
+                if e.details["destination"] == destination]
 
 
 def test_bad_move_identifier_is_a900_and_nothing_is_sent(archive) -> None:
@@ -362,6 +371,9 @@ def test_bad_move_identifier_is_a900_and_nothing_is_sent(archive) -> None:
     final = move(archive.port, "PYWM", identifier("STUDY"))  # retrieve needs the Study Instance UID
     assert final.Status == 0xA900
     assert archive.pyscp.received == {}
+    refused = _refusals(archive, "PYWM")  # a refusal leaves an audit line, as a refused C-FIND does
+    assert [e.details["status"] for e in refused] == ["0xA900", "0xA900"]
+    assert "StudyInstanceUID" in refused[1].details["reason"] and refused[1].actor == "MOVESCU"
 
 
 # -- C-GET -------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ JsonLinesOpt = Annotated[bool, typer.Option("--json", help="one JSON object per 
 # dicom_wm.db.models.EventKind's values, spelled out so that starting the CLI
 # does not import sqlalchemy (tests/test_cli.py keeps the two equal)
 EVENT_KINDS = ("received", "queued", "watermarked", "failed", "skipped", "verified", "restored", "sent",
-               "tamper_detected", "query", "destination")
+               "tamper_detected", "query", "retrieve_refused", "destination")
 
 
 def audit(

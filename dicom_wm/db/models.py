@@ -86,6 +86,7 @@ class EventKind(str, enum.Enum):
     SENT = "sent"
     TAMPER_DETECTED = "tamper_detected"
     QUERY = "query"  # one per C-FIND
+    RETRIEVE_REFUSED = "retrieve_refused"  # a C-MOVE / C-GET refused as a whole (no sub-operation)
     DESTINATION = "destination"  # a retrieve destination added, changed or removed
 
 

@@ -27,7 +27,7 @@ from dicom_wm.ingest.events import add_event
 from dicom_wm.query.find import RetrieveItem
 from dicom_wm.retrieve.egress import Prepared
 
-__all__ = ["RetrieveAudit", "BATCH", "SECURITY_LOGGER"]
+__all__ = ["RetrieveAudit", "BATCH", "SECURITY_LOGGER", "record_refused"]
 
 log = logging.getLogger(__name__)
 SECURITY_LOGGER = "dicom_wm.security"
@@ -139,3 +139,19 @@ class RetrieveAudit:
         except SQLAlchemyError as exc:
             log.error("%d sent event(s) of a %s to %s could not be written: %s",
                       len(batch), self.service, self.destination, exc)
+
+
+def record_refused(
+    sessions: sessionmaker[Session], *, actor: str, service: str, destination: str | None, peer: str,
+    status: int, reason: str,
+) -> None:
+    """Append the ``retrieve_refused`` event of a C-MOVE / C-GET refused as a
+    whole (unknown destination, bad identifier, calling AE not allowed ...);
+    an audit write failure is logged, not raised (the refusal goes out anyway)."""
+    details = {"service": service, "destination": destination, "peer": peer, "status": f"0x{status:04X}",
+               "reason": reason}
+    try:
+        with sessions() as session, session.begin():
+            add_event(session, EventKind.RETRIEVE_REFUSED, actor=actor, details=details)
+    except SQLAlchemyError as exc:
+        log.error("retrieve_refused event from %s could not be written: %s", actor, str(exc).splitlines()[0][:200])
