@@ -107,6 +107,17 @@ def test_invalid_configuration_is_one_clear_line(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "invalid configuration" in result.output and "port" in result.output
 
 
+def test_serve_on_an_empty_postgres_database_is_refused_before_making_a_key(tmp_path: Path) -> None:
+    from ingest_support import FreshPostgres, require_services
+
+    require_services()
+    with FreshPostgres() as url:
+        result = runner.invoke(app, ["serve", "--data-dir", str(tmp_path), "--db", url,
+                                     "--broker", "redis://127.0.0.1:6379/15"])
+    assert result.exit_code == 2 and "dicom-wm db upgrade" in result.output
+    assert not (tmp_path / "keys.json").exists()  # a refused start used to leave a new key behind
+
+
 def test_serve_refuses_an_old_postgres_style_schema(tmp_path: Path) -> None:
     """A non-SQLite database must be upgraded explicitly; simulated with a
     second SQLite URL handed to ensure_schema without auto-upgrade."""

@@ -131,8 +131,8 @@ def serve(
     log.info("effective configuration: %s", json.dumps(settings.redacted(), sort_keys=True))
     try:
         prepare_data_dir(settings)
+        ensure_schema(settings, upgrade_sqlite=True)  # first: a refused start creates no key
         ensure_keys(settings, create=True)
-        ensure_schema(settings, upgrade_sqlite=True)
     except (SchemaOutOfDate, KeyStoreError, OSError) as exc:
         raise exit_error(str(exc), 2) from None
     sessions = get_sessionmaker(settings.db_url)
