@@ -50,6 +50,23 @@ def test_db_upgrade_then_status_and_show(tmp_path: Path) -> None:
     assert summary["states"]["RECEIVED"] == 1 and summary["queue_depth"]["waiting_rows"] == 1
     table = runner.invoke(app, ["status", "--data-dir", str(tmp_path)])
     assert table.exit_code == 0 and "RECEIVED" in table.output
+    assert summary["queue_depth"]["oldest_in_progress_since"] is None
+
+    # a claim a dead worker still holds shows its age until serve re-queues it
+    from datetime import UTC, datetime
+
+    from sqlalchemy import update
+
+    from dicom_wm.db import Instance, InstanceState
+
+    claimed = datetime(2026, 12, 1, 8, 30, tzinfo=UTC)
+    with get_sessionmaker(url)() as s, s.begin():
+        s.execute(update(Instance).values(state=InstanceState.WATERMARKING, claimed_at=claimed))
+    summary = json.loads(runner.invoke(app, ["status", "--json", "--data-dir", str(tmp_path)]).output)
+    assert summary["queue_depth"]["in_progress_rows"] == 1
+    assert summary["queue_depth"]["oldest_in_progress_since"] == claimed.isoformat()
+    table = runner.invoke(app, ["status", "--data-dir", str(tmp_path)])
+    assert f"in progress: 1 (the oldest since {claimed.isoformat()})" in table.output
 
     show = runner.invoke(app, ["show", str(ds.SOPInstanceUID), "--json", "--data-dir", str(tmp_path)])
     report = json.loads(show.output)

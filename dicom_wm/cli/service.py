@@ -281,9 +281,11 @@ def status(
     console.print(table)
     depth = summary["queue_depth"]
     line = f"waiting for a worker: {depth['waiting_rows']}, in progress: {depth['in_progress_rows']}"
+    if depth["oldest_in_progress_since"]:
+        line += f" (the oldest since {depth['oldest_in_progress_since']})"
     if "broker" in depth:
         line += ", broker queues: " + ", ".join(f"{k}={v}" for k, v in depth["broker"].items())
-    console.print(line)
+    console.print(line, soft_wrap=True, markup=False)
     if summary["last_errors"]:
         errors = Table(title="latest errors")
         for col in ("time", "SOP Instance UID", "v", "state", "error"):

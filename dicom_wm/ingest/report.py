@@ -38,6 +38,9 @@ def status_summary(sessions: sessionmaker[Session], broker_depths: dict[str, int
             .order_by(Instance.updated_at.desc())
             .limit(LAST_ERRORS)
         ).all()
+        oldest_claim = session.scalar(
+            select(func.min(Instance.claimed_at)).where(Instance.state == InstanceState.WATERMARKING)
+        )
     states = [s.value for s in InstanceState]
     waiting = sum(all_counts.get(s, 0) for s in (InstanceState.RECEIVED, InstanceState.QUEUED))
     return {
@@ -45,6 +48,8 @@ def status_summary(sessions: sessionmaker[Session], broker_depths: dict[str, int
         "current_states": {s: int(current.get(InstanceState(s), 0)) for s in states},
         "total": int(sum(all_counts.values())),
         "queue_depth": {"waiting_rows": int(waiting), "in_progress_rows": int(all_counts.get(InstanceState.WATERMARKING, 0)),
+                        # a worker that died holding one shows here until serve re-queues it (stale_after_s)
+                        "oldest_in_progress_since": _iso(oldest_claim),
                         **({"broker": broker_depths} if broker_depths is not None else {})},
         "last_errors": [
             {
