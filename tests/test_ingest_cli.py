@@ -52,6 +52,13 @@ def test_db_upgrade_then_status_and_show(tmp_path: Path) -> None:
     assert table.exit_code == 0 and "RECEIVED" in table.output
     assert summary["queue_depth"]["oldest_in_progress_since"] is None
 
+    show = runner.invoke(app, ["show", str(ds.SOPInstanceUID), "--json", "--data-dir", str(tmp_path)])
+    report = json.loads(show.output)
+    assert report["versions"][0]["state"] == "RECEIVED" and report["events"][0]["kind"] == "received"
+    assert "claim_token" not in report["versions"][0]
+    human = runner.invoke(app, ["show", str(ds.SOPInstanceUID), "--data-dir", str(tmp_path)])
+    assert human.exit_code == 0 and "received" in human.output
+
     # a claim a dead worker still holds shows its age until serve re-queues it
     from datetime import UTC, datetime
 
@@ -67,13 +74,6 @@ def test_db_upgrade_then_status_and_show(tmp_path: Path) -> None:
     assert summary["queue_depth"]["oldest_in_progress_since"] == claimed.isoformat()
     table = runner.invoke(app, ["status", "--data-dir", str(tmp_path)])
     assert f"in progress: 1 (the oldest since {claimed.isoformat()})" in table.output
-
-    show = runner.invoke(app, ["show", str(ds.SOPInstanceUID), "--json", "--data-dir", str(tmp_path)])
-    report = json.loads(show.output)
-    assert report["versions"][0]["state"] == "RECEIVED" and report["events"][0]["kind"] == "received"
-    assert "claim_token" not in report["versions"][0]
-    human = runner.invoke(app, ["show", str(ds.SOPInstanceUID), "--data-dir", str(tmp_path)])
-    assert human.exit_code == 0 and "received" in human.output
 
 
 @pytest.mark.parametrize("command", [["status", "--json"], ["show", "1.2.3.4"], ["audit"], ["studies"],
