@@ -141,7 +141,8 @@ def read_dataset(path: str | os.PathLike[str]) -> Dataset:
     ``OSError``.
     """
     p = Path(path)
-    if not stat.S_ISREG(os.stat(p).st_mode):  # opening a FIFO would block
+    mode = os.stat(p).st_mode
+    if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISSOCK(mode):  # opening a FIFO blocks
         raise UnsupportedInput("not a regular file (a FIFO, device or socket)")
     with open(p, "rb") as fh:
         head = fh.read(132)
