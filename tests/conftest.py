@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -18,3 +19,11 @@ def _root_logging_restored() -> Iterator[None]:
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+
+
+@pytest.fixture
+def no_dicom_wm_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No ``DICOM_WM_*`` variable of the shell running the tests (a data
+    dir, a database URL ...) reaches the settings under test."""
+    for name in [n for n in os.environ if n.startswith("DICOM_WM_")]:
+        monkeypatch.delenv(name)

@@ -27,11 +27,7 @@ from ingest_support import small_ct, source_file
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("DICOM_WM_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("no_dicom_wm_env")
 
 
 @pytest.fixture

@@ -41,9 +41,7 @@ class Sent:
 
 
 @pytest.fixture
-def ctx(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> WorkerContext:
-    for name in [n for n in __import__("os").environ if n.startswith("DICOM_WM_")]:
-        monkeypatch.delenv(name)
+def ctx(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_dicom_wm_env: None) -> WorkerContext:
     settings = load_settings(data_dir=tmp_path, broker="redis://127.0.0.1:6379/15", queue="gpu", max_retries=2,
                              retry_backoff_s=3.0, predictor="classic")
     prepare_data_dir(settings)

@@ -171,9 +171,7 @@ def test_embed_with_batch_predictions_is_identical(learned: LearnedPredictor, tm
 # -- settings and predictor choice ---------------------------------------------------------
 
 
-def test_settings_flags_over_env_over_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in [n for n in __import__("os").environ if n.startswith("DICOM_WM_")]:
-        monkeypatch.delenv(name)
+def test_settings_flags_over_env_over_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_dicom_wm_env: None) -> None:
     s = load_settings(data_dir=tmp_path)
     assert (s.predictor, s.device, s.batch_size, s.batch_wait_ms) == (Predictor.CLASSIC, Device.AUTO, 1, 50.0)
     cfg = tmp_path / "c.toml"
@@ -391,13 +389,11 @@ def test_predictor_that_cannot_load_fails_rows_not_the_batch(tmp_path: Path, mon
 
 
 @pytest.mark.skipif(learned_mod.torch.cuda.is_available(), reason="checks the refusal where CUDA is absent")
-def test_serve_refuses_a_cuda_device_it_cannot_see(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_serve_refuses_a_cuda_device_it_cannot_see(tmp_path: Path, no_dicom_wm_env: None) -> None:
     from typer.testing import CliRunner
 
     from dicom_wm.cli.app import app
 
-    for name in [n for n in __import__("os").environ if n.startswith("DICOM_WM_")]:
-        monkeypatch.delenv(name)
     result = CliRunner().invoke(app, ["serve", "--data-dir", str(tmp_path), "--port", "1",
                                       "--predictor", "learned", "--device", "cuda", "--batch-size", "8"])
     assert result.exit_code == 2

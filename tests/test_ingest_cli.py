@@ -18,13 +18,7 @@ from ingest_support import small_ct
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
-    for name in list(os.environ):
-        if name.startswith("DICOM_WM_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("no_dicom_wm_env")
 
 
 def test_db_upgrade_then_status_and_show(tmp_path: Path) -> None:

@@ -10,13 +10,7 @@ from pydantic import ValidationError
 from dicom_wm.settings import PoolKind, load_settings
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
-    for name in list(os.environ):
-        if name.startswith("DICOM_WM_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("no_dicom_wm_env")
 
 
 def test_defaults_are_the_embedded_mode(tmp_path: Path) -> None:
