@@ -243,16 +243,21 @@ def test_never_watermarked_is_not_watermarked(runner: CliRunner, keyfile: Path, 
     assert _lines(result.stdout)[0]["status"] == "not_watermarked"
 
 
+def _refused_by_every_file_command(runner: CliRunner, src: Path, tmp_path: Path, reason: str) -> None:
+    """embed, verify and restore each print one ``unsupported`` line, exit 1, write nothing."""
+    for command in (["embed", str(src), str(tmp_path / "o.dcm")], ["verify", str(src)],
+                    ["restore", str(src), str(tmp_path / "r.dcm")]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 1
+        assert result.stdout == f"unsupported  {src}: {reason}\n"
+        _no_traceback(result)
+    assert not (tmp_path / "o.dcm").exists() and not (tmp_path / "r.dcm").exists()
+
+
 def test_non_dicom_file_one_line_nonzero(runner: CliRunner, keyfile: Path, tmp_path: Path):
     junk = tmp_path / "notes.txt"
     junk.write_text("not an image\n")
-    for command in (["embed", str(junk), str(tmp_path / "o.dcm")], ["verify", str(junk)],
-                    ["restore", str(junk), str(tmp_path / "r.dcm")]):
-        result = runner.invoke(app, command)
-        assert result.exit_code == 1
-        assert result.stdout == f"unsupported  {junk}: not a DICOM file (no 'DICM' prefix after the 128-byte preamble)\n"
-        _no_traceback(result)
-    assert not (tmp_path / "o.dcm").exists() and not (tmp_path / "r.dcm").exists()
+    _refused_by_every_file_command(runner, junk, tmp_path, "not a DICOM file (no 'DICM' prefix after the 128-byte preamble)")
 
 
 def test_a_named_fifo_is_refused_without_blocking(runner: CliRunner, keyfile: Path, tmp_path: Path):
@@ -260,12 +265,7 @@ def test_a_named_fifo_is_refused_without_blocking(runner: CliRunner, keyfile: Pa
 
     fifo = tmp_path / "pipe.dcm"
     os.mkfifo(fifo)  # opening it for reading would wait for a writer forever
-    for command in (["embed", str(fifo), str(tmp_path / "o.dcm")], ["verify", str(fifo)],
-                    ["restore", str(fifo), str(tmp_path / "r.dcm")]):
-        result = runner.invoke(app, command)
-        assert result.exit_code == 1
-        assert result.stdout == f"unsupported  {fifo}: not a regular file (a FIFO, device or socket)\n"
-        _no_traceback(result)
+    _refused_by_every_file_command(runner, fifo, tmp_path, "not a regular file (a FIFO, device or socket)")
 
 
 def test_directory_run_mirrors_and_continues_past_bad_files(runner: CliRunner, keyfile: Path, tmp_path: Path):
