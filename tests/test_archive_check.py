@@ -146,8 +146,8 @@ def test_orphans_are_listed_and_moved_aside_only_when_old(archived) -> None:
 
 
 def test_a_row_committed_during_the_check_is_not_an_orphan(archived) -> None:
-    """The move re-reads the rows: a file whose row appears between the
-    listing and the move stays where it is."""
+    """The rows are read again after the files are checked: a file whose row
+    is committed meanwhile (a worker finishing) is neither listed nor moved."""
     ctx, rows = archived
     data_dir = ctx.settings.data_dir
     target = data_dir / rows["ct1"].archive_path
@@ -167,3 +167,4 @@ def test_a_row_committed_during_the_check_is_not_an_orphan(archived) -> None:
     report = check_archive(data_dir, ctx.sessions, move_orphans=True, min_age_s=3600,
                            progress=commit_on_first_progress)
     assert late.exists() and report.moved == []
+    assert late.relative_to(data_dir).as_posix() not in report.orphans

@@ -101,6 +101,11 @@ def _archived_rows(sessions: sessionmaker[Session]) -> list[Any]:
         return list(session.execute(select(*_COLUMNS).where(Instance.archive_path.is_not(None)).order_by(Instance.id)))
 
 
+def _named_paths(sessions: sessionmaker[Session]) -> set[str]:
+    with sessions() as session:
+        return set(session.scalars(select(Instance.archive_path).where(Instance.archive_path.is_not(None))))
+
+
 def _check_file(row: Any, data_dir: Path, keys: KeyStore | None) -> tuple[Finding | None, int, bool]:
     """(finding or None, bytes read, watermark verified)."""
     from dicom_wm.retrieve.egress import Verdict, prepare  # loads the engine: only when a file is checked
@@ -198,11 +203,11 @@ def check_archive(
         if progress is not None:
             progress(done, len(rows))
 
-    named = {row.archive_path for row in rows}
+    # the rows read again: a file archived during the check is not an orphan
+    named = {row.archive_path for row in rows} | _named_paths(sessions)
     report.orphans = [rel for rel in _archive_files(data_dir) if rel not in named]
     if move_orphans and report.orphans:
-        # re-read: a row committed since the first read names its file now
-        still = set(report.orphans) - {row.archive_path for row in _archived_rows(sessions)}
+        still = set(report.orphans) - _named_paths(sessions)  # and once more just before the move
         now = time.time()
         for rel in report.orphans:
             try:
