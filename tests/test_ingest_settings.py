@@ -72,3 +72,25 @@ def test_unknown_config_key_is_an_error(tmp_path: Path) -> None:
     cfg.write_text("prot = 104\n", encoding="utf-8")
     with pytest.raises(ValidationError, match="prot"):
         load_settings(cfg)
+
+
+@pytest.mark.parametrize(("level", "quiet"), [("INFO", True), ("WARNING", True), ("DEBUG", False), (10, False)])
+def test_service_logging_keeps_library_chatter_out_unless_debug(level, quiet) -> None:
+    """pydicom logged every decode failure it raised with a traceback (the
+    instance's FAILED reason already says it in one line)."""
+    import logging
+
+    from dicom_wm.process_setup import configure_logging
+
+    names = ("pydicom", "pynetdicom", "alembic")
+    saved = {n: logging.getLogger(n).level for n in names}
+    try:
+        for n in names:
+            logging.getLogger(n).setLevel(logging.NOTSET)
+        configure_logging(level, force=True)
+        pydicom_log = logging.getLogger("pydicom.pixels.decoders.base")
+        assert pydicom_log.isEnabledFor(logging.ERROR) is not quiet
+        assert logging.getLogger("pynetdicom.dul").isEnabledFor(logging.INFO) is not quiet
+    finally:
+        for n, lv in saved.items():
+            logging.getLogger(n).setLevel(lv)

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import signal
-import sys
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -71,15 +70,9 @@ RobustOpt = Annotated[
 
 
 def _logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s [%(processName)s] %(name)s: %(message)s",
-        stream=sys.stderr,
-        force=True,
-    )
-    if settings.log_level != "DEBUG":
-        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-        logging.getLogger("alembic").setLevel(logging.WARNING)
+    from dicom_wm.process_setup import configure_logging
+
+    configure_logging(settings.log_level, force=True)
 
 
 def _check_predictor(settings: Settings) -> None:

@@ -27,7 +27,7 @@ from multiprocessing import get_context
 from typing import Any
 
 from dicom_wm.allocator import tune_allocator
-from dicom_wm.childproc import exit_when_orphaned
+from dicom_wm.process_setup import configure_logging, exit_when_orphaned
 from dicom_wm.ingest.task import Outcome, TaskResult, WorkerContext, process_batch, process_instance
 from dicom_wm.settings import PoolKind, Settings
 
@@ -47,7 +47,7 @@ def _init_child(settings_values: dict[str, Any], log_level: str, parent: int) ->
     global _child_ctx
     tune_allocator()
     exit_when_orphaned(parent)
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s [%(processName)s] %(name)s: %(message)s")
+    configure_logging(log_level)
     settings = Settings(**settings_values)
     try:  # embedding yields the CPU to reception (and gets all of it when idle)
         os.nice(settings.pool_nice)

@@ -38,7 +38,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from dicom_wm.allocator import tune_allocator
-from dicom_wm.childproc import exit_when_orphaned
+from dicom_wm.process_setup import configure_logging, exit_when_orphaned
 from dicom_wm.db.destinations import EgressPolicy
 from dicom_wm.db.models import InstanceState
 from dicom_wm.errors import KeyStoreError
@@ -122,7 +122,7 @@ def _init_child(keys_path: str, log_level: int, parent: int) -> None:
     global _child
     tune_allocator()
     exit_when_orphaned(parent)
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s [%(processName)s] %(name)s: %(message)s")
+    configure_logging(log_level)
     _child = KeyCache(Path(keys_path))
 
 
