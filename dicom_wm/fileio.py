@@ -32,7 +32,9 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_dataset",
     "read_dataset",
+    "read_regular_bytes",
     "sha256_file",
+    "NotARegularFile",
 ]
 
 
@@ -122,10 +124,34 @@ def unlink_quietly(path: str | os.PathLike[str]) -> None:
         logging.getLogger(__name__).error("could not remove %s: %s", path, exc)
 
 
+class NotARegularFile(OSError):
+    """A FIFO, device, socket or directory where a regular file was expected."""
+
+
+def _open_regular(path: str | os.PathLike[str]) -> BinaryIO:
+    """``path`` opened for reading, refused unless it is a regular file,
+    without blocking on a FIFO (opened non-blocking, checked with fstat)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotARegularFile(f"{os.fspath(path)} is not a regular file (a FIFO, device, socket or directory)")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular_bytes(path: str | os.PathLike[str]) -> bytes:
+    """A regular file's bytes (:class:`NotARegularFile` for anything else:
+    something put in an archived file's place must not hang the reader)."""
+    with _open_regular(path) as fh:
+        return fh.read()
+
+
 def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks."""
+    """Hex SHA-256 of a regular file's bytes, read in 1 MiB chunks."""
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with _open_regular(path) as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()

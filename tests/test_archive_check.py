@@ -107,6 +107,19 @@ def test_changed_and_missing_files_fail_and_are_recorded(archived) -> None:
     assert human.exit_code == 1 and "3 not as recorded" in human.output and "missing" in human.output
 
 
+@pytest.mark.parametrize("verify", [[], ["--verify"]])
+def test_a_fifo_in_a_file_place_is_reported_not_waited_on(archived, verify: list[str]) -> None:
+    ctx, rows = archived
+    data_dir = ctx.settings.data_dir
+    path = data_dir / rows["ct2"].archive_path
+    path.unlink()
+    os.mkfifo(path)
+    code, report = _check(data_dir, *verify)
+    assert code == 1 and [(f["sop_instance_uid"], f["problem"]) for f in report["findings"]] == [
+        (rows["ct2"].sop_instance_uid, "changed")]
+    assert "no longer a regular file" in report["findings"][0]["detail"]
+
+
 def test_verify_catches_a_key_store_that_lost_a_key(archived) -> None:
     ctx, rows = archived
     data_dir = ctx.settings.data_dir
@@ -143,6 +156,27 @@ def test_orphans_are_listed_and_moved_aside_only_when_old(archived) -> None:
     # every recorded file is still in place and intact
     code, report = _check(data_dir, "--verify")
     assert code == 0 and report["verified"] == 2 and report["orphans"] == [temp.relative_to(data_dir).as_posix()]
+
+
+def test_moving_orphans_never_overwrites_and_says_what_it_could_not_move(archived) -> None:
+    ctx, _rows = archived
+    data_dir = ctx.settings.data_dir
+    stray = data_dir / "archive" / "dup.dcm"
+    for content in (b"first", b"second"):
+        stray.write_bytes(content)
+        code, report = _check(data_dir, "--move-orphans", "--min-age-hours", "0")
+        assert code == 0 and report["moved"] == ["archive/dup.dcm"]
+    assert (data_dir / "orphans" / "dup.dcm").read_bytes() == b"first"  # the second used to overwrite it
+    assert (data_dir / "orphans" / "dup.dcm.1").read_bytes() == b"second"
+
+    (data_dir / "archive" / "clash").mkdir()
+    (data_dir / "archive" / "clash" / "y.dcm").write_bytes(b"y")
+    (data_dir / "orphans" / "clash").write_bytes(b"a file where a folder is needed")
+    code, report = _check(data_dir, "--move-orphans", "--min-age-hours", "0")
+    assert code == 0 and report["moved"] == [] and list(report["not_moved"]) == ["archive/clash/y.dcm"]
+    assert (data_dir / "archive" / "clash" / "y.dcm").read_bytes() == b"y"
+    human = runner.invoke(app, ["archive", "check", "--data-dir", str(data_dir), "--move-orphans", "--min-age-hours", "0"])
+    assert "orphan: archive/clash/y.dcm (not moved: " in human.output
 
 
 def test_a_row_committed_during_the_check_is_not_an_orphan(archived) -> None:

@@ -202,6 +202,20 @@ def test_unwatermarked_instances_go_as_stored_when_their_hash_matches(tmp_path: 
     assert out.verdict is Verdict.HASH_MISMATCH and out.tamper
 
 
+def test_a_fifo_in_an_archived_file_place_is_refused_without_blocking(tmp_path: Path) -> None:
+    """Reading it would wait for a writer forever: each retrieve touching it
+    hung, and with both reader threads stuck every later retrieve did too."""
+    import os
+
+    keys, _ = _keys(tmp_path)
+    item, _ = _archive(tmp_path, _ct(), keys)
+    path = tmp_path / item.archive_path
+    path.unlink()
+    os.mkfifo(path)
+    out = _prepare(item, WM, keys, tmp_path)
+    assert out.verdict is Verdict.UNREADABLE and "no longer a regular file" in out.reason and out.tamper
+
+
 def test_unreadable_and_missing_files(tmp_path: Path) -> None:
     keys, _ = _keys(tmp_path)
     item, _ = _archive(tmp_path, _ct(), keys)

@@ -84,7 +84,9 @@ def _print(report, orphans_dir, verify: bool) -> None:  # type: ignore[no-untype
                       f"{f.state}): {f.detail}{tiles}", markup=False)
     moved = set(report.moved)
     for rel in report.orphans:
-        console.print(f"orphan: {rel}" + (f" (moved to {orphans_dir})" if rel in moved else ""), markup=False)
+        why = report.not_moved.get(rel)
+        status = f" (moved to {orphans_dir})" if rel in moved else (f" (not moved: {why})" if why else "")
+        console.print(f"orphan: {rel}{status}", markup=False)
 
 
 def register(app: typer.Typer) -> None:

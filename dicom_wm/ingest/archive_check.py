@@ -39,7 +39,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_wm.db.destinations import EgressPolicy
 from dicom_wm.db.models import EventKind, Instance, InstanceState
-from dicom_wm.fileio import sha256_file
+from dicom_wm.fileio import NotARegularFile, read_regular_bytes, sha256_file
 from dicom_wm.ingest.events import add_event, user_actor
 from dicom_wm.keys import KeyStore
 from dicom_wm.query.find import RetrieveItem
@@ -76,6 +76,7 @@ class ArchiveReport:
     findings: list[Finding] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)  # relative to the data dir
     moved: list[str] = field(default_factory=list)  # orphans moved to orphans/
+    not_moved: dict[str, str] = field(default_factory=dict)  # orphan -> why it could not be moved
 
     @property
     def ok(self) -> bool:
@@ -85,7 +86,7 @@ class ArchiveReport:
         return {
             "ok": self.ok, "files_checked": self.files_checked, "bytes_checked": self.bytes_checked,
             "verified": self.verified, "findings": [f.as_dict() for f in self.findings],
-            "orphans": self.orphans, "moved": self.moved,
+            "orphans": self.orphans, "moved": self.moved, "not_moved": self.not_moved,
         }
 
 
@@ -118,12 +119,15 @@ def _check_file(row: Any, data_dir: Path, keys: KeyStore | None) -> tuple[Findin
     verify = keys is not None and row.state is InstanceState.WATERMARKED
     try:
         if verify:
-            data = path.read_bytes()
+            data = read_regular_bytes(path)
             size, digest = len(data), hashlib.sha256(data).hexdigest()
         else:
-            size, digest = path.stat().st_size, sha256_file(path)
+            digest = sha256_file(path)
+            size = path.stat().st_size
     except FileNotFoundError:
         return finding("missing", "the archived file is missing"), 0, False
+    except NotARegularFile:
+        return finding("changed", "the archived file is no longer a regular file (something was put in its place)"), 0, False
     except OSError as exc:
         return finding("unreadable", f"the archived file cannot be read: {exc.strerror or exc}"), 0, False
     if row.stored_sha256 is None:
@@ -173,7 +177,15 @@ def _archive_files(data_dir: Path) -> list[str]:
 def _move_orphan(data_dir: Path, rel: str) -> None:
     target = data_dir / ORPHANS_DIR / Path(rel).relative_to("archive")
     target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(data_dir / rel, target)
+    n = 0
+    while True:  # never over an orphan moved before under the same name
+        try:
+            os.link(data_dir / rel, target, follow_symlinks=False)
+            break
+        except FileExistsError:
+            n += 1
+            target = target.with_name(f"{Path(rel).name}.{n}")
+    os.unlink(data_dir / rel)
 
 
 def check_archive(
@@ -211,9 +223,11 @@ def check_archive(
         now = time.time()
         for rel in report.orphans:
             try:
-                if rel in still and now - (data_dir / rel).stat().st_mtime >= min_age_s:
+                if rel in still and now - (data_dir / rel).lstat().st_mtime >= min_age_s:
                     _move_orphan(data_dir, rel)
                     report.moved.append(rel)
             except FileNotFoundError:
                 continue
+            except OSError as exc:  # e.g. a file where orphans/ needs a folder: left in place, said why
+                report.not_moved[rel] = exc.strerror or str(exc)
     return report

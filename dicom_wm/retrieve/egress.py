@@ -49,6 +49,7 @@ from pydicom.dataset import Dataset
 from dicom_wm.db.destinations import EgressPolicy
 from dicom_wm.db.models import InstanceState
 from dicom_wm.errors import NotAuthentic, UnsupportedInput
+from dicom_wm.fileio import NotARegularFile, read_regular_bytes
 from dicom_wm.keys import KeyStore
 from dicom_wm.query.find import RetrieveItem
 from dicom_wm.watermark import VerifyResult, VerifyStatus, restore_dataset, verify_dataset
@@ -151,9 +152,12 @@ def read_archived(item: RetrieveItem, policy: EgressPolicy, data_dir: Path) -> b
     if not item.archive_path:
         return Prepared(item, policy, Verdict.UNREADABLE, reason="no archived file is recorded for this instance")
     try:
-        return (data_dir / item.archive_path).read_bytes()
+        return read_regular_bytes(data_dir / item.archive_path)
     except FileNotFoundError:
         return Prepared(item, policy, Verdict.UNREADABLE, reason=f"archived file {item.archive_path} is missing")
+    except NotARegularFile:  # archived as a regular file: something was put in its place
+        return Prepared(item, policy, Verdict.UNREADABLE, file_changed=True,
+                        reason=f"archived file {item.archive_path} is no longer a regular file")
     except OSError as exc:
         return Prepared(item, policy, Verdict.UNREADABLE,
                         reason=f"archived file {item.archive_path} cannot be read: {exc.strerror or exc}")
