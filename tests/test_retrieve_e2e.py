@@ -200,6 +200,9 @@ def test_find_on_a_model_we_do_not_serve_is_refused_0122(archive) -> None:
         assoc.release()
     assert statuses == [0x0122]
     assert "unexpected error" not in archive.server.log_text()
+    with archive.sessions() as s:  # audited as every C-FIND is
+        (event,) = [e for e in s.scalars(select(Event).where(Event.kind == "query")) if e.actor == "WLSCU"]
+    assert event.details["model"] == mwl and "UnsupportedSOPClass" in event.details["error"]
     final, _ = find(archive.port, identifier("STUDY", StudyInstanceUID=""))
     assert final == 0x0000
 
