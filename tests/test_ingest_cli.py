@@ -82,6 +82,11 @@ def test_read_only_commands_on_a_data_dir_without_a_database(tmp_path: Path, com
     assert result.output.strip().splitlines() == [f"error: no dicom-wm database at {target.resolve() / 'dicom-wm.sqlite3'} "
                                                   "(wrong --data-dir? `dicom-wm serve` creates it)"]
     assert not target.exists()
+    target.mkdir()
+    (target / "dicom-wm.sqlite3").touch()  # an empty file: a valid, empty SQLite database, not ours
+    result = runner.invoke(app, [*command, "--data-dir", str(target)])
+    assert result.exit_code == 1 and "no dicom-wm database" in result.output
+    assert (target / "dicom-wm.sqlite3").stat().st_size == 0  # not migrated into a dicom-wm schema
 
 
 def test_status_after_db_upgrade_before_any_reception(tmp_path: Path) -> None:

@@ -107,7 +107,7 @@ def sessions_for(settings: Settings, *, create: bool = True) -> sessionmaker[Ses
     from dicom_wm.settings import redact_url
 
     url = make_url(settings.db_url)
-    if not create and url.get_backend_name() == "sqlite" and not Path(url.database or "").is_file():
+    if not create and url.get_backend_name() == "sqlite" and not _has_schema(url.database):
         # a mistyped --data-dir must not report "0 instances" or leave a database behind
         raise exit_error(f"no dicom-wm database at {url.database} (wrong --data-dir? `dicom-wm serve` creates it)")
     try:
@@ -117,6 +117,20 @@ def sessions_for(settings: Settings, *, create: bool = True) -> sessionmaker[Ses
     except (SQLAlchemyError, OSError) as exc:
         raise exit_error(f"database {redact_url(settings.db_url)} unavailable: {str(exc).splitlines()[0]}") from None
     return get_sessionmaker(settings.db_url)
+
+
+def _has_schema(sqlite_path: str | None) -> bool:
+    """A SQLite file that exists and was migrated (an empty file is a valid,
+    empty SQLite database: not ours)."""
+    from dicom_wm.db import migrate
+
+    path = Path(sqlite_path or "")
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    try:
+        return migrate.current_revision(f"sqlite:///{path}") is not None
+    except Exception:  # noqa: BLE001 - not a database at all: sessions_for reports it as unavailable
+        return True
 
 
 def fail(message: str, code: int = EXIT_CONFIG) -> NoReturn:
