@@ -341,16 +341,26 @@ def read_watermark_header(ds: Dataset) -> WatermarkHeader | None:
     )
 
 
-def _identity_changes(ds: Dataset, restored: list[DataElement], added: list[BaseTag]) -> list[str]:
-    """Identifying attributes that putting back ``restored`` and deleting
-    ``added`` would change, compared as the identity text compares them."""
+# what restore writes itself (never recorded in the block: refused whatever
+# its value), and what says how to read it (refused when it differs)
+_SAMPLE_DATA = frozenset({"PixelData", "FloatPixelData", "DoubleFloatPixelData", "WaveformSequence"})
+_SAMPLE_LAYOUT = frozenset({"HighBit", "PlanarConfiguration"})
+
+
+def _protected_changes(ds: Dataset, restored: list[DataElement], added: list[BaseTag]) -> list[str]:
+    """Identifying or sample-describing attributes that putting back
+    ``restored`` and deleting ``added`` would change (values compared as the
+    identity text compares them)."""
     from dicom_wm.payload.mac import IDENTITY_KEYWORDS
+
+    protected = _SAMPLE_DATA | _SAMPLE_LAYOUT | set(IDENTITY_KEYWORDS)
 
     def text(value: object) -> str:
         return "" if value is None else str(value).strip()
 
-    changed = [e.keyword for e in restored if e.keyword in IDENTITY_KEYWORDS and text(e.value) != text(ds.get(e.keyword, ""))]
-    changed += [kw for kw in map(keyword_for_tag, added) if kw in IDENTITY_KEYWORDS and text(ds.get(kw, ""))]
+    changed = [e.keyword for e in restored if e.keyword in protected and (
+        e.keyword in _SAMPLE_DATA or text(e.value) != text(ds.get(e.keyword, "")))]
+    changed += [kw for kw in map(keyword_for_tag, added) if kw in protected and kw in ds]
     return sorted(set(changed))
 
 
@@ -363,7 +373,8 @@ def remove_watermark_header(ds: Dataset, *, keep_identity: bool = False) -> None
 
     The recorded values are not covered by the watermark's MACs, so they may
     not change an identifying attribute (``IDENTITY_KEYWORDS``, which the
-    instance MAC covers and embedding never changes): that raises
+    instance MAC covers and embedding never changes) nor the pixel or
+    waveform data and how it reads: that raises
     :class:`~dicom_wm.errors.NotAuthentic`, or with ``keep_identity`` those
     values are left as they are. Raises :class:`~dicom_wm.errors.UnsupportedInput`
     when ``ds`` has no dicom-wm block or the block is malformed. Either way
@@ -384,11 +395,11 @@ def remove_watermark_header(ds: Dataset, *, keep_identity: bool = False) -> None
         ) from None
     added_value = _raw(ds, block, _ADDED_TAGS)
     added = [] if added_value is None else (list(added_value) if isinstance(added_value, list) else [added_value])
-    changes = _identity_changes(ds, restored, added)
+    changes = _protected_changes(ds, restored, added)
     if changes and not keep_identity:
         raise NotAuthentic(
             f"the {PRIVATE_CREATOR!r} private block's original elements would change {', '.join(changes)}, "
-            "which the watermark authenticates: the header was edited"
+            "which the watermark authenticates or which describe its samples: the header was edited"
         )
     restored = [elem for elem in restored if elem.keyword not in changes]
     added = [tag for tag in added if keyword_for_tag(tag) not in changes]

@@ -215,6 +215,34 @@ def test_edited_original_elements_cannot_change_the_restored_identity():
     assert np.array_equal(read_samples(forced).samples, read_samples(ds).samples)
 
 
+@pytest.mark.parametrize("edit", ["PixelData", "PlanarConfiguration"])
+def test_edited_original_elements_cannot_replace_the_restored_samples(edit: str):
+    """A Pixel Data element (or a different Planar Configuration) put into
+    the block made restore write zeros (or misread colour) and report success."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    ds = pydicom.dcmread(get_testdata_file("SC_rgb.dcm"))
+    wm = embed_dataset(ds, KEYS).dataset
+    evil = Dataset()
+    if edit == "PixelData":
+        evil.PixelData = b"\0" * len(wm.PixelData)
+        evil["PixelData"].VR = "OB"
+    else:
+        evil.PlanarConfiguration = 1 - int(ds.PlanarConfiguration)
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_dataset(fp, evil)
+    block = wm.private_block(0x0077, "DICOM-WM 1")
+    wm[block.get_tag(0x08)].value = fp.getvalue()  # Original Elements
+    wm = _roundtrip(wm)
+    assert verify_dataset(wm, KEYS).status is VerifyStatus.AUTHENTIC
+    with pytest.raises(NotAuthentic, match=edit):
+        restore_dataset(wm, KEYS)
+    forced = restore_dataset(wm, KEYS, force=True).dataset
+    assert np.array_equal(read_samples(forced).samples, read_samples(ds).samples)
+
+
 def test_double_embed_refused_and_record_uuid_honoured():
     ds = pydicom.dcmread(pydicom.data.get_testdata_file("MR-SIEMENS-DICOM-WithOverlays.dcm"))
     rid = uuid.uuid4()
