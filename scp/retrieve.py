@@ -201,7 +201,8 @@ def _suboperations(
     peer: _Peer,
 ) -> Iterator[tuple[int, Dataset | None]]:
     """One yield per instance: the verified dataset, or a failed sub-operation."""
-    done: set[int] = set()  # instance ids offered (sent or failed)
+    done: set[int] = set()  # instance ids whose sent event is written
+    in_flight: int | None = None  # the instance handed to pynetdicom to send
     cancelled = False
     try:
         for prepared in pool.prepared(items, policy, recipient=audit.destination):
@@ -211,7 +212,6 @@ def _suboperations(
                 yield CANCEL, None
                 return
             item = prepared.item
-            done.add(item.instance_id)
             if not prepared.ok:
                 if prepared.tamper:
                     audit.tamper(prepared)
@@ -219,6 +219,7 @@ def _suboperations(
                     log.error("%s to %s: instance %s not sent: %s (%s)", audit.service, audit.destination,
                               item.sop_instance_uid, prepared.verdict.value, prepared.reason)
                 audit.sent(item, result="failed", verdict=prepared.verdict.value, reason=prepared.reason)
+                done.add(item.instance_id)
                 yield PENDING, _not_sendable(item)
                 continue
             ds, converted, problem = _dataset_for(prepared, peer.accepted, peer.direct)
@@ -226,9 +227,12 @@ def _suboperations(
                 log.error("%s to %s: instance %s not sent: %s", audit.service, audit.destination,
                           item.sop_instance_uid, problem)
                 audit.sent(item, result="failed", verdict=prepared.verdict.value, reason=problem)
+                done.add(item.instance_id)
                 yield PENDING, _not_sendable(item)
                 continue
+            in_flight = item.instance_id
             yield PENDING, ds
+            done.add(item.instance_id)
             status = peer.statuses.pop(item.sop_instance_uid, None)
             sent_in = peer.direct.sent.pop(item.sop_instance_uid, None) if peer.direct is not None else None
             ok = _store_ok(status)
@@ -244,7 +248,9 @@ def _suboperations(
             # ends (aborted, or the connection broke): the rest are recorded too
             for item in items:
                 if item.instance_id not in done:
-                    audit.sent(item, result="failed", verdict=None, reason="not attempted: the association ended")
+                    reason = ("the association ended while it was being sent" if item.instance_id == in_flight
+                              else "not attempted: the association ended")
+                    audit.sent(item, result="failed", verdict=None, reason=reason)
         audit.flush()
         log.info("%s to %s (%s, policy %s): %d sent, %d failed", audit.service, audit.destination,
                  audit.address, audit.policy.value, audit.sent_count, audit.failed_count)

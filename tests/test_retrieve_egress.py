@@ -361,3 +361,35 @@ def test_instances_left_when_the_association_ends_are_recorded() -> None:
     assert audit.flushed and audit.failed_count == 5
     assert [audit.reasons[f"1.2.3.{i}"] for i in (3, 4, 5)] == ["not attempted: the association ended"] * 3
     assert audit.reasons["1.2.3.1"] == "no archived file"
+
+
+def test_the_instance_being_sent_when_the_association_ends_is_recorded(tmp_path: Path) -> None:
+    """A requester killed mid-C-GET: the generator is closed at the yield of
+    the instance pynetdicom was sending, whose sent event was lost."""
+    from types import SimpleNamespace
+
+    from scp.retrieve import _Peer, _suboperations
+
+    keys, _ = _keys(tmp_path)
+    item, _ = _archive(tmp_path, _ct(), keys)
+    data = (tmp_path / item.archive_path).read_bytes()
+    authentic = prepare(item, WM, keys, data)
+    assert authentic.ok
+
+    class Pool:
+        def prepared(self, todo, policy, recipient=None):
+            yield authentic
+
+    reasons: dict[str, str | None] = {}
+    audit = SimpleNamespace(service="C-GET", destination="GETSCU", address="127.0.0.1:1", policy=WM, sent_count=0,
+                            failed_count=0, flush=lambda: None,
+                            sent=lambda it, *, result, verdict, reason=None, **kw: reasons.update({result: reason}))
+    ctx = PresentationContext()  # the requester accepted the stored syntax
+    ctx.abstract_syntax, ctx.transfer_syntax, ctx._as_scu = item.sop_class_uid, [ExplicitVRLittleEndian], True
+    ctx.context_id, ctx.result = 1, 0x00
+    peer = _Peer(assoc=SimpleNamespace(accepted_contexts=[ctx]))
+    gen = _suboperations(SimpleNamespace(is_cancelled=False), Pool(), [item], WM, audit, peer)
+    status, ds = next(gen)
+    assert ds is not None and str(ds.SOPInstanceUID) == item.sop_instance_uid  # handed over to be sent
+    gen.close()
+    assert reasons == {"failed": "the association ended while it was being sent"}
