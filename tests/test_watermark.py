@@ -190,24 +190,29 @@ def test_changed_identity_is_invalid_not_authentic():
     assert check.status is VerifyStatus.INVALID and "identifying" in check.error
 
 
+def _with_original_elements(wm: Dataset, evil: Dataset) -> Dataset:
+    """``wm`` with its private block's Original Elements replaced by ``evil``
+    (written, read back); its watermark still verifies: the MACs do not cover the block."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_dataset(fp, evil)
+    wm[wm.private_block(0x0077, "DICOM-WM 1").get_tag(0x08)].value = fp.getvalue()
+    out = _roundtrip(wm)
+    assert verify_dataset(out, KEYS).status is VerifyStatus.AUTHENTIC
+    return out
+
+
 def test_edited_original_elements_cannot_change_the_restored_identity():
     """The private block's original values are not MAC'd: an edit that
     makes restore write another SOP Instance UID or Rows is refused although
     the watermark still verifies; --force restores with the file's identity."""
-    from pydicom.filebase import DicomBytesIO
-    from pydicom.filewriter import write_dataset
-
     ds = pydicom.dcmread(pydicom.data.get_testdata_file("MR-SIEMENS-DICOM-WithOverlays.dcm"))
-    wm = embed_dataset(ds, KEYS).dataset
     evil = Dataset()
     evil.SOPInstanceUID, evil.Rows, evil.PatientID = "1.2.3.4.5.6.7.8.9", 64, "EVIL"
-    fp = DicomBytesIO()
-    fp.is_little_endian, fp.is_implicit_VR = True, False
-    write_dataset(fp, evil)
-    block = wm.private_block(0x0077, "DICOM-WM 1")
-    wm[block.get_tag(0x08)].value = fp.getvalue()  # Original Elements
-    wm = _roundtrip(wm)
-    assert verify_dataset(wm, KEYS).status is VerifyStatus.AUTHENTIC  # the MACs do not cover the block
+    wm = _with_original_elements(embed_dataset(ds, KEYS).dataset, evil)
     with pytest.raises(NotAuthentic, match="Rows, SOPInstanceUID"):
         restore_dataset(wm, KEYS)
     forced = restore_dataset(wm, KEYS, force=True).dataset
@@ -219,9 +224,6 @@ def test_edited_original_elements_cannot_change_the_restored_identity():
 def test_edited_original_elements_cannot_replace_the_restored_samples(edit: str):
     """A Pixel Data element (or a different Planar Configuration) put into
     the block made restore write zeros (or misread colour) and report success."""
-    from pydicom.filebase import DicomBytesIO
-    from pydicom.filewriter import write_dataset
-
     ds = pydicom.dcmread(get_testdata_file("SC_rgb.dcm"))
     wm = embed_dataset(ds, KEYS).dataset
     evil = Dataset()
@@ -230,13 +232,7 @@ def test_edited_original_elements_cannot_replace_the_restored_samples(edit: str)
         evil["PixelData"].VR = "OB"
     else:
         evil.PlanarConfiguration = 1 - int(ds.PlanarConfiguration)
-    fp = DicomBytesIO()
-    fp.is_little_endian, fp.is_implicit_VR = True, False
-    write_dataset(fp, evil)
-    block = wm.private_block(0x0077, "DICOM-WM 1")
-    wm[block.get_tag(0x08)].value = fp.getvalue()  # Original Elements
-    wm = _roundtrip(wm)
-    assert verify_dataset(wm, KEYS).status is VerifyStatus.AUTHENTIC
+    wm = _with_original_elements(wm, evil)
     with pytest.raises(NotAuthentic, match=edit):
         restore_dataset(wm, KEYS)
     forced = restore_dataset(wm, KEYS, force=True).dataset
