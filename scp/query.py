@@ -10,9 +10,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pynetdicom.events import Event
 
-from dicom_wm.query import InvalidIdentifier, model_for_sop_class, run_find
-from dicom_wm.query.errors import UnsupportedSOPClass
-from dicom_wm.query.service import record_query
+from dicom_wm.query import InvalidIdentifier, run_find
 from scp.context import ScpContext
 from scp.status import UNEXPECTED, status_for
 
@@ -60,17 +58,10 @@ def failure_status(exc: BaseException, what: str, calling: str) -> Dataset:
 def handle_find(event: Event, ctx: ScpContext) -> Iterator[tuple[Any, Dataset | None]]:
     """C-FIND: match against the index, one pending response per match."""
     calling = calling_ae(event)
-    sop_class = str(event.request.AffectedSOPClassUID)
     try:
-        try:
-            model, _service = model_for_sop_class(sop_class)
-        except UnsupportedSOPClass as exc:  # run_find never sees it: its query event is written here
-            record_query(ctx.sessions, actor=calling, details={
-                "model": sop_class[:64], "peer": peer_of(event), "error": f"{type(exc).__name__}: {exc}"[:300]})
-            raise
         responses = run_find(
-            ctx.sessions, lambda: identifier_of(event), model, actor=calling, peer=peer_of(event),
-            retrieve_ae_title=ctx.settings.ae_title, allowed=ctx.calling_ae_allowed(calling),
+            ctx.sessions, lambda: identifier_of(event), str(event.request.AffectedSOPClassUID), actor=calling,
+            peer=peer_of(event), retrieve_ae_title=ctx.settings.ae_title, allowed=ctx.calling_ae_allowed(calling),
         )
     except Exception as exc:
         yield failure_status(exc, "C-FIND", calling), None

@@ -27,8 +27,8 @@ from multiprocessing import get_context
 from typing import Any
 
 from dicom_wm.allocator import tune_allocator
-from dicom_wm.process_setup import configure_logging, exit_when_orphaned
 from dicom_wm.ingest.task import Outcome, TaskResult, WorkerContext, process_batch, process_instance
+from dicom_wm.process_setup import configure_logging, exit_when_orphaned
 from dicom_wm.settings import PoolKind, Settings
 
 __all__ = ["EmbeddedPool", "retry_delay"]

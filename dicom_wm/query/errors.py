@@ -23,7 +23,6 @@ class InvalidIdentifier(QueryRetrieveError, ValueError):
         self.offending = offending
 
 
-
 class UnsupportedSOPClass(QueryRetrieveError, KeyError):
     """A C-FIND / C-MOVE / C-GET on a SOP class that is not one of our Q/R
     information models (e.g. Modality Worklist), 0x0122."""

@@ -20,7 +20,7 @@ from dicom_wm.ingest.errors import CallingAENotAllowed, DatabaseUnavailable
 from dicom_wm.ingest.events import add_event
 from dicom_wm.query.find import Selection, find_matches, select_instances
 from dicom_wm.query.identifier import Query, parse_identifier
-from dicom_wm.query.model import InformationModel, Service
+from dicom_wm.query.model import InformationModel, Service, model_for_sop_class
 from dicom_wm.query.responses import build_response
 
 __all__ = ["run_find", "record_query", "select_for_retrieve"]
@@ -41,7 +41,7 @@ def record_query(sessions: sessionmaker[Session], *, actor: str, details: dict[s
 def run_find(
     sessions: sessionmaker[Session],
     read_identifier: Callable[[], Dataset],
-    model: InformationModel,
+    sop_class: str,
     *,
     actor: str,
     peer: str | None,
@@ -52,14 +52,18 @@ def run_find(
 
     ``read_identifier`` returns the request identifier (it may raise
     :class:`~dicom_wm.query.errors.InvalidIdentifier` for one that cannot be
-    decoded); ``allowed`` is false when the calling AE may not query.
+    decoded); ``sop_class`` is the request's Affected SOP Class UID;
+    ``allowed`` is false when the calling AE may not query.
 
-    Raises :class:`~dicom_wm.ingest.errors.CallingAENotAllowed`,
+    Raises :class:`~dicom_wm.query.errors.UnsupportedSOPClass`,
+    :class:`~dicom_wm.ingest.errors.CallingAENotAllowed`,
     :class:`~dicom_wm.query.errors.InvalidIdentifier` or
     :class:`~dicom_wm.ingest.errors.DatabaseUnavailable`; each is recorded in
     the event before it propagates."""
-    details: dict[str, Any] = {"model": model.value, "peer": peer}
+    details: dict[str, Any] = {"model": sop_class[:64], "peer": peer}
     try:
+        model, _service = model_for_sop_class(sop_class)
+        details["model"] = model.value
         if not allowed:
             raise CallingAENotAllowed(f"calling AE {actor!r} is not on the allow-list")
         identifier = read_identifier()

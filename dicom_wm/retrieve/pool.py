@@ -38,11 +38,11 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from dicom_wm.allocator import tune_allocator
-from dicom_wm.process_setup import configure_logging, exit_when_orphaned
 from dicom_wm.db.destinations import EgressPolicy
 from dicom_wm.db.models import InstanceState
 from dicom_wm.errors import KeyStoreError
 from dicom_wm.keys import KeyStore
+from dicom_wm.process_setup import configure_logging, exit_when_orphaned
 from dicom_wm.query.find import RetrieveItem
 from dicom_wm.retrieve.egress import Prepared, Verdict, prepare, read_archived
 
